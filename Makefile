@@ -1,0 +1,37 @@
+# Everything starts from a fresh clone: `make test` and `make run` build .venv/ first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 2
+
+.PHONY: install run dev test lint clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency list changes; the package itself is editable.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/flask --app wsgi db upgrade
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) wsgi:app
+
+# Flask's development server with the background runner (flask run alone would not start it).
+dev: install
+	$(BIN)/flask --app wsgi db upgrade
+	$(BIN)/python wsgi.py --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/flake8 app tests wsgi.py gunicorn.conf.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,116 @@
+"""The report service: create_app() assembles configuration, database, API and CLI."""
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask
+
+from app.pipeline import PipelineError, load_pipeline
+from app.startup import ConfigError
+
+__all__ = ["create_app", "ConfigError"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    load_config(app, test_config)
+    configure_logging(app)
+    register_extensions(app)
+    register_pipeline(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def load_config(app: Flask, test_config: dict | None) -> None:
+    """Defaults, then instance/config.py, then the environment (then a test's overrides)."""
+    app.config.from_object("app.config")
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("REPORTS")
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    if test_config:
+        app.config.update(test_config)
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        os.makedirs(app.instance_path, exist_ok=True)
+        app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "app.db")
+
+
+def configure_logging(app: Flask) -> None:
+    # Under gunicorn, log through its error log; otherwise a plain stderr handler for our package.
+    gunicorn_logger = logging.getLogger("gunicorn.error")
+    package_logger = logging.getLogger("app")
+    if gunicorn_logger.handlers:
+        package_logger.handlers = gunicorn_logger.handlers
+        package_logger.setLevel(gunicorn_logger.level)
+    elif not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+
+
+def register_extensions(app: Flask) -> None:
+    from app.database import configure_engine, engine_options, render_migration_item
+    from app.extensions import api, db, migrate
+
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    options = engine_options(uri, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options | app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {})
+    db.init_app(app)
+    # render_as_batch: SQLite can only ALTER tables by copying them; Alembic's batch mode does that.
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True,
+                     compare_type=True, render_item=render_migration_item)
+    api.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+
+
+def register_pipeline(app: Flask) -> None:
+    from app.extensions import db
+    from app.runner.store import Store
+
+    try:
+        agents = load_pipeline(app.config["PIPELINE"])
+    except PipelineError as exc:
+        raise ConfigError(f"REPORTS_PIPELINE: {exc}") from None
+    app.extensions["report_pipeline"] = agents
+    with app.app_context():
+        engine = db.engine
+    app.extensions["report_store"] = Store(engine, [a.name for a in agents],
+                                           lease_seconds=app.config["LEASE_SECONDS"],
+                                           max_attempts=app.config["MAX_ATTEMPTS"])
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.extensions import api
+    from app.reports.routes import blp as reports_blp
+    from app.sessions.routes import blp as sessions_blp
+    from app.extensions import db
+    from app.sessions.status import StatusFastPath, StatusReader
+    from app.web.routes import bp as web_bp
+
+    api.register_blueprint(reports_blp)
+    api.register_blueprint(sessions_blp)
+    app.register_blueprint(web_bp)
+    # The status poll is answered before Flask dispatches: it is the one request every open page
+    # repeats every second or two, and most of its cost would otherwise be the framework's.
+    with app.app_context():
+        app.extensions["report_status_reader"] = reader = StatusReader(db.engine)
+    app.wsgi_app = StatusFastPath(app.wsgi_app, reader)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from app.errors import handle_unexpected
+
+    app.register_error_handler(Exception, handle_unexpected)
+
+
+def register_commands(app: Flask) -> None:
+    from app.cli import sessions_cli
+
+    app.cli.add_command(sessions_cli)

@@ -1,0 +1,135 @@
+"""`flask sessions ...`: operator commands to list, show, clean up and import sessions."""
+import json
+import uuid
+from datetime import datetime, timezone
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import ReportSession
+from app.runner import get_store
+
+sessions_cli = AppGroup("sessions", help="Inspect and maintain report sessions.")
+
+# Statuses of the old JSON store, mapped to ours; anything else marks the file as not ours.
+OLD_STATUSES = {"queued": "queued", "pending": "queued", "generating": "generating", "running": "generating",
+                "in_progress": "generating", "completed": "completed", "done": "completed", "failed": "failed",
+                "error": "failed", "cancelled": "cancelled", "canceled": "cancelled"}
+
+
+@sessions_cli.command("cleanup")
+@click.option("--days", type=click.FloatRange(min=0), required=True,
+              help="Remove finished sessions last updated more than this many days ago (0: all finished).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+def cleanup(days, dry_run):
+    """Delete finished (completed, failed, cancelled) sessions; queued and running ones are never touched."""
+    count = get_store(current_app).cleanup(days, dry_run=dry_run)
+    noun = "session" if count == 1 else "sessions"
+    age = "finished" if days == 0 else f"finished and older than {days:g} days"
+    if dry_run:
+        click.echo(f"Would remove {count} {noun} ({age}). Dry run: nothing was deleted.")
+    else:
+        click.echo(f"Removed {count} {noun} ({age}).")
+
+
+@sessions_cli.command("list")
+@click.option("--status", type=click.Choice(["queued", "generating", "completed", "failed", "cancelled"]))
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def list_sessions(status, limit):
+    """List sessions, newest first."""
+    S = ReportSession
+    query = select(S.id, S.status, S.current_agent, S.created_at, S.topic).order_by(S.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(S.status == status)
+    rows = db.session.execute(query).all()
+    for row in rows:
+        click.echo(f"{row.id}  {row.status:<10}  {row.created_at:%Y-%m-%d %H:%M}  "
+                   f"{row.current_agent or '-':<16}  {row.topic}")
+    click.echo(f"{len(rows)} session{'s' if len(rows) != 1 else ''} shown.")
+
+
+@sessions_cli.command("show")
+@click.argument("session_id")
+def show(session_id):
+    """Print a session's status document as JSON."""
+    found = current_app.extensions["report_status_reader"](session_id)
+    if found is None:
+        raise click.ClickException(f"Session '{session_id}' not found.")
+    click.echo(json.dumps(json.loads(found[1]), indent=2))
+
+
+@sessions_cli.command("import-json")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def import_json(path):
+    """Import sessions from the old JSON store (data/sessions/states.json); safe to run twice.
+
+    Finished sessions keep their status and completed steps (the old store kept no step outputs,
+    so they have no report). Unfinished ones are queued to run again from the start.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        sessions = [_from_old(key, value) for key, value in _entries(data)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise click.ClickException(f"{path} is not a valid sessions file, nothing imported: {exc}")
+    requeued = sum(1 for s in sessions if s["status"] == "queued")
+    imported, skipped = get_store(current_app).import_sessions(sessions)
+    click.echo(f"Imported {len(imported)} sessions ({requeued} unfinished ones queued to run again); "
+               f"skipped {len(skipped)} already present.")
+
+
+def _entries(data):
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object of session id -> session")
+    return data.items()
+
+
+def _from_old(key, old) -> dict:
+    """One old-format session as a row for Store.import_sessions, or ValueError saying what is wrong."""
+    if not isinstance(old, dict):
+        raise ValueError(f"session {key!r} is not an object")
+    session_id = old.get("session_id", key)
+    try:
+        uuid.UUID(str(session_id))
+    except ValueError:
+        raise ValueError(f"session {key!r} has an invalid session_id {session_id!r}") from None
+    if session_id != key:
+        raise ValueError(f"session {key!r} names a different session_id {session_id!r}")
+    status = OLD_STATUSES.get(str(old.get("status", "")).lower())
+    if status is None:
+        raise ValueError(f"session {key!r} has an unknown status {old.get('status')!r}")
+    requirements = old.get("report_requirements") or {}
+    user_request = old.get("user_request")
+    if not isinstance(requirements, dict) or not isinstance(user_request, str):
+        raise ValueError(f"session {key!r} needs a user_request string and a report_requirements object")
+    completed = old.get("completed_tasks") or []
+    if not isinstance(completed, list) or not all(isinstance(t, str) for t in completed) \
+            or len(set(completed)) != len(completed):
+        raise ValueError(f"session {key!r} has invalid completed_tasks {completed!r}")
+    created_at = _old_time(old.get("started_at"), key, "started_at")
+    updated_at = _old_time(old.get("updated_at") or old.get("started_at"), key, "updated_at")
+    finished = status in ("completed", "failed", "cancelled")
+    if not finished:
+        # The old store kept no step outputs to resume from: run it again from the first step.
+        status, completed = "queued", []
+    return {
+        "id": session_id, "status": status, "user_request": user_request, "requirements": requirements,
+        "topic": str(requirements.get("topic") or user_request)[:200],
+        "current_agent": old.get("current_agent") if finished else None, "error": old.get("error"),
+        "failed_step": None, "created_at": created_at, "updated_at": updated_at,
+        "finished_at": updated_at if finished else None, "completed_tasks": completed,
+    }
+
+
+def _old_time(value, key, field) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"session {key!r} has no {field}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"session {key!r} has an invalid {field} {value!r}") from None
+    # The old service wrote naive local times; the seed's examples are UTC, so read them as UTC.
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)

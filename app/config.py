@@ -1,0 +1,49 @@
+"""Default settings. Overridden by instance/config.py, then by environment variables.
+
+Every key here can be set from the environment as REPORTS_<KEY> (the value is parsed as JSON
+when it parses, so REPORTS_RUNNER_THREADS=8 is an int and REPORTS_PIPELINE='["m:C"]' a list).
+The database is the one exception: DATABASE_URL, the name every host and platform uses.
+"""
+
+# SQLALCHEMY_DATABASE_URI defaults to sqlite:///<instance>/app.db, set in create_app()
+# because the instance folder is only known there.
+
+# The agent pipeline, in order: "module:Class" (or "module.Class") import paths.
+PIPELINE = [
+    "app.pipeline.planner:Planner",
+    "app.pipeline.data_collection:DataCollection",
+    "app.pipeline.writer:Writer",
+    "app.pipeline.reviewer:Reviewer",
+    "app.pipeline.publisher:Publisher",
+]
+
+# Folder of Markdown / plain-text documents the data_collection agent searches.
+# None means the sample library shipped in app/pipeline/sample_library/.
+LIBRARY_DIR = None
+
+# Background runner, one per server process.
+RUNNER_THREADS = 4          # sessions a process runs at once
+LEASE_SECONDS = 15          # a claim lasts this long unless renewed (heartbeat every third of it)
+MAX_ATTEMPTS = 10           # resumes after a lost lease before a session is failed
+POLL_SECONDS = 1.0          # how often an idle process looks for queued or orphaned sessions
+STOP_TIMEOUT = 20           # on SIGTERM, wait this long for running steps before leaving them to recovery
+
+# SQLite: how long a writer waits for the lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# Requests: submitted bodies larger than this are refused with 413.
+MAX_CONTENT_LENGTH = 64 * 1024
+
+# Listing: default and largest page size of GET /api/sessions.
+SESSIONS_PAGE_SIZE = 50
+SESSIONS_PAGE_MAX = 500
+
+# flask-smorest / OpenAPI
+API_TITLE = "Report service"
+API_VERSION = "1.0"
+OPENAPI_VERSION = "3.1.0"
+OPENAPI_URL_PREFIX = "/api"
+OPENAPI_JSON_PATH = "openapi.json"
+
+SQLALCHEMY_TRACK_MODIFICATIONS = False
+JSON_SORT_KEYS = False

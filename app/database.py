@@ -1,0 +1,98 @@
+"""Database engine set-up: which SQLite library, the pragmas, and write transactions.
+
+SQLite is reached through pysqlite3, which bundles a SQLite carrying the fix for the
+"WAL-reset" bug (3.7.0 to 3.51.2: concurrent connections could corrupt a WAL database or lose
+commits). Debian's libsqlite3, which Python's own sqlite3 links here, still has that bug, so
+falling back to it is logged loudly at start-up.
+"""
+import logging
+import warnings
+from contextlib import contextmanager
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+# A write transaction asks for this execution option; on SQLite it becomes BEGIN IMMEDIATE.
+WRITE = {"report_write": True}
+
+
+def sqlite_dbapi():
+    """The DB-API module for SQLite URLs: pysqlite3 when installed, else the stdlib (with a warning)."""
+    try:
+        from pysqlite3 import dbapi2
+        return dbapi2
+    except ImportError:  # pragma: no cover - only on platforms without a pysqlite3 wheel
+        import sqlite3
+        warnings.warn(f"pysqlite3 is not installed: using the system SQLite {sqlite3.sqlite_version}, "
+                      "which may carry the WAL-reset bug (fixed in 3.51.3)", RuntimeWarning)
+        return sqlite3
+
+
+def has_wal_reset_fix(version: str) -> bool:
+    v = tuple(int(x) for x in version.split(".")[:3])
+    return v >= (3, 51, 3) or (3, 50, 7) <= v < (3, 51, 0) or (3, 44, 6) <= v < (3, 45, 0)
+
+
+def engine_options(uri: str, busy_timeout_ms: int) -> dict:
+    """Extra create_engine() options for a database URL."""
+    if not uri.startswith("sqlite"):
+        return {"pool_pre_ping": True}
+    return {"module": sqlite_dbapi(), "connect_args": {"timeout": busy_timeout_ms / 1000}}
+
+
+def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
+    """Pragmas on every new SQLite connection, and transactions we begin ourselves."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's BEGIN (below) start transactions, not the driver's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # NORMAL in WAL mode: a commit is durable once the WAL is synced at checkpoint; power loss
+        # (not a process crash) can roll back the last few commits, never corrupt the database.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection):
+        # A write transaction takes the write lock up front: a deferred one that read first and
+        # then tried to write would fail with SQLITE_BUSY instead of waiting its turn.
+        immediate = conn.get_execution_options().get("report_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_transaction(engine: Engine):
+    """A connection inside one write transaction (BEGIN IMMEDIATE on SQLite), committed on exit."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**WRITE)
+        with conn.begin():
+            yield conn
+
+
+def describe(engine: Engine) -> str:
+    """One line for start-up logs: the database, and for SQLite its library and settings."""
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            return f"{engine.dialect.name} database {engine.url.render_as_string(hide_password=True)}"
+        version = conn.execute(text("select sqlite_version()")).scalar()
+        mode = conn.execute(text("pragma journal_mode")).scalar()
+    fix = "has the WAL-reset fix" if has_wal_reset_fix(version) else "LACKS the WAL-reset fix (upgrade pysqlite3)"
+    return (f"SQLite {version} via {engine.dialect.dbapi.__name__} ({fix}), journal_mode={mode}, "
+            f"synchronous=NORMAL, database {engine.url.database}")
+
+
+def render_migration_item(type_, obj, autogen_context):
+    """Alembic autogenerate hook: write our UTCDateTime columns as the plain sa.DateTime() they store."""
+    from app.models import UTCDateTime
+
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime()"
+    return False

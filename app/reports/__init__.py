@@ -1,0 +1,1 @@
+"""Blueprint: submitting report requests and reading finished reports."""

@@ -1,0 +1,58 @@
+"""Routes: POST /api/submit-requirements, GET /api/reports/<id>."""
+from flask import current_app, request, url_for
+from flask_smorest import Blueprint, abort
+
+from app.extensions import db
+from app.models import ReportSession, Step
+from app.runner import get_store
+from app.schemas import ReportSchema, SubmitRequestSchema, SubmitResponseSchema
+
+blp = Blueprint("reports", __name__, url_prefix="/api", description="Submit report requests, read reports")
+
+
+@blp.before_request
+def require_json_body():
+    if request.method != "POST":
+        return
+    if not request.is_json:
+        abort(415, message="Send the request body as JSON (Content-Type: application/json).")
+    if not request.get_data(cache=True):
+        abort(400, message="The request body is empty: send a JSON object.")
+
+
+@blp.post("/submit-requirements")
+@blp.arguments(SubmitRequestSchema)
+@blp.response(202, SubmitResponseSchema, description="Accepted: the session is queued",
+              headers={"Location": {"description": "the status URL", "schema": {"type": "string"}}})
+def submit_requirements(payload):
+    """Queue a report request; poll status_url until the report is ready."""
+    session_id = get_store(current_app).create(payload["user_request"], payload["requirements"])
+    runner = current_app.extensions.get("report_runner")
+    if runner is not None:
+        runner.wake()
+    status_url = url_for("sessions.report_status", session_id=session_id)
+    return {"session_id": session_id, "status": "queued", "status_url": status_url}, 202, {"Location": status_url}
+
+
+@blp.get("/reports/<session_id>")
+@blp.response(200, ReportSchema)
+@blp.alt_response(404, description="No such session, or no report stored for it")
+@blp.alt_response(409, description="The report is not ready yet")
+def get_report(session_id):
+    """The finished report: the output of the pipeline's last step."""
+    session = db.session.get(ReportSession, session_id)
+    if session is None:
+        abort(404, message=not_found_detail(session_id))
+    if session.status != "completed":
+        abort(409, message=f"Session '{session_id}' is {session.status}; the report is ready when it is completed.")
+    last = db.session.execute(db.select(Step).where(Step.session_id == session_id)
+                              .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
+    if last is None or last.output is None:
+        abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
+    output = last.output if isinstance(last.output, dict) else {"report": last.output}
+    return {"session_id": session_id, **output}
+
+
+def not_found_detail(session_id: str) -> str:
+    total = db.session.execute(db.select(db.func.count()).select_from(ReportSession)).scalar_one()
+    return f"Session '{session_id}' not found. Available sessions: {total}"

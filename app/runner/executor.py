@@ -1,0 +1,188 @@
+"""The background runner: one per server process, created after fork.
+
+A loop thread claims runnable sessions while the thread pool has room, renews this process's
+leases every third of their lifetime, and expires the leases of processes on this host that are
+provably dead, so their sessions resume at once instead of after the lease runs out. Each claimed
+session runs in a pool thread, one step after another, committing after each step.
+"""
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from app.models import utcnow
+from app.pipeline import Agent, Context
+from app.runner.store import Claim, StepResult, Store
+
+log = logging.getLogger(__name__)
+
+
+def _process_start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of a process (Linux), which tells a reused pid from the original."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_owner_id() -> str:
+    """host:pid:start-time:nonce, unique per runner, and enough to prove the owner dead later."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when the lease owner is a process on this host that no longer exists."""
+    try:
+        host, pid_text, started, _nonce = owner.rsplit(":", 3)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    if started != "-" and os.path.exists("/proc/self/stat"):
+        return _process_start_time(pid) != started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Runner:
+    def __init__(self, store: Store, agents: list[Agent], settings: dict[str, Any], threads: int = 4,
+                 poll_seconds: float = 1.0, stop_timeout: float = 20.0):
+        self.store = store
+        self.agents = agents
+        self.settings = settings
+        self.threads = threads
+        self.poll_seconds = poll_seconds
+        self.stop_timeout = stop_timeout
+        self.owner = process_owner_id()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="report-runner")
+        self._running: set[str] = set()
+        self._idle = threading.Condition()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._loop_thread = threading.Thread(target=self._loop, name="report-runner-loop", daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> "Runner":
+        log.info("runner %s: %d threads, lease %ss, pipeline %s", self.owner, self.threads,
+                 self.store.lease_seconds, [a.name for a in self.agents])
+        self._loop_thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Look for work now (a session was just submitted or retried here)."""
+        self._wake.set()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop taking work, let running steps finish (bounded), and hand every lease back."""
+        timeout = self.stop_timeout if timeout is None else timeout
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._running and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            still_running = set(self._running)
+        self._loop_thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1)
+        if still_running:
+            # Their steps are still going: leave those leases to expire (or to the dead-owner check
+            # once this process exits) rather than let another process start the same step now.
+            log.warning("runner %s: %d sessions still mid-step after %ss; leaving them to recovery",
+                        self.owner, len(still_running), timeout)
+        else:
+            released = self._safely(self.store.release, self.owner) or 0
+            log.info("runner %s stopped; handed back %d leases", self.owner, released)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_heartbeat = next_recovery = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._safely(self.store.heartbeat, self.owner)
+                next_heartbeat = now + self.store.lease_seconds / 3
+            if now >= next_recovery:
+                self._safely(self._expire_dead_owners)
+                next_recovery = now + max(self.poll_seconds * 5, 2.0)
+            self._safely(self._fill_pool)
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def _fill_pool(self) -> None:
+        while not self._stopping.is_set() and len(self._running) < self.threads:
+            claim = self.store.claim(self.owner)
+            if claim is None:
+                return
+            with self._idle:
+                self._running.add(claim.session_id)
+            self._pool.submit(self._run_session, claim)
+
+    def _expire_dead_owners(self) -> None:
+        for owner in self.store.lease_owners():
+            if owner != self.owner and owner_is_dead(owner):
+                expired = self.store.expire_leases_of(owner)
+                if expired:
+                    log.info("runner %s: owner %s is dead; resuming its %d sessions", self.owner, owner, expired)
+
+    def _safely(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception:
+            # A locked or unreachable database must not kill the loop; the next turn retries.
+            log.exception("runner %s: %s failed", self.owner, getattr(fn, "__name__", fn))
+            time.sleep(self.poll_seconds)
+            return None
+
+    # -- one session ------------------------------------------------------------------------
+
+    def _run_session(self, claim: Claim) -> None:
+        sid = claim.session_id
+        try:
+            if claim.resumed:
+                log.info("resuming session %s after %s", sid, sorted(claim.outputs) or "no finished steps")
+            context = Context(sid, claim.user_request, claim.requirements, dict(claim.outputs), self.settings)
+            for agent in self.agents:
+                if agent.name in context.outputs:
+                    continue
+                if self._stopping.is_set():
+                    self.store.release(self.owner, sid)
+                    return
+                started_at = utcnow()
+                try:
+                    output = agent.run(context)
+                    json.dumps(output)  # stored as JSON: refuse what cannot be, here, with the step's name
+                except Exception as exc:
+                    log.exception("session %s: step %s failed", sid, agent.name)
+                    self.store.fail(sid, self.owner, agent.name, f"Step '{agent.name}' failed: "
+                                    f"{type(exc).__name__}: {exc}")
+                    return
+                result = self.store.commit_step(sid, self.owner, agent.name, output, started_at)
+                if result is not StepResult.CONTINUE:
+                    if result is StepResult.LOST:
+                        log.warning("session %s: lease lost after step %s; stopping here", sid, agent.name)
+                    return
+                context.outputs[agent.name] = output
+        except Exception:
+            # A database error mid-session: hand the lease back so it resumes from its last commit.
+            log.exception("session %s: runner error; handing the session back", sid)
+            self._safely(self.store.release, self.owner, sid)
+        finally:
+            with self._idle:
+                self._running.discard(sid)
+                self._idle.notify_all()
+            self._wake.set()

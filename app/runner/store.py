@@ -1,0 +1,298 @@
+"""Every write to execution state: submit, claim, step commit, heartbeat, release, cancel, retry.
+
+The invariants, in one place:
+- A process runs a session only while it holds the lease (`lease_owner`, `lease_expires_at`),
+  taken by a conditional UPDATE inside a write transaction (BEGIN IMMEDIATE on SQLite; the row is
+  locked FOR UPDATE elsewhere).
+- A step's output row and the session's advance commit in one transaction, fenced on the lease
+  owner: a process that lost its lease writes nothing, so a step is recorded exactly once.
+- Every visible state change re-renders the session's status document and bumps `version`,
+  in the same transaction; the status endpoint only ever reads those two columns.
+- `attempts` counts resumes after a lost lease (a crash); past `max_attempts` the session fails.
+"""
+import enum
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Optional
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from app.database import write_transaction
+from app.models import ACTIVE, FINISHED, ReportSession, Step, iso, utcnow
+
+S = ReportSession.__table__
+T = Step.__table__
+
+
+class StepResult(enum.Enum):
+    CONTINUE = "continue"    # recorded; run the next step
+    COMPLETED = "completed"  # recorded; that was the last step
+    CANCELLED = "cancelled"  # recorded; a cancel was waiting, the session stops here
+    LOST = "lost"            # not recorded: this process no longer holds the lease
+
+
+class Conflict(Exception):
+    """The session is not in a state that allows the operation."""
+
+
+@dataclass
+class Claim:
+    session_id: str
+    user_request: str
+    requirements: dict[str, Any]
+    outputs: dict[str, Any]  # finished steps, by name
+    resumed: bool            # a previous run lost its lease mid-way
+
+
+class Store:
+    def __init__(self, engine: Engine, step_names: list[str], lease_seconds: float, max_attempts: int,
+                 clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.step_names = list(step_names)
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.clock = clock
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render(self, row, completed: list[str]) -> str:
+        """The status document for a session row and its finished step names (in order)."""
+        done = sum(1 for name in self.step_names if name in completed)
+        progress = 1.0 if row["status"] == "completed" else round(done / max(len(self.step_names), 1), 4)
+        doc = {
+            "session_id": row["id"],
+            "status": row["status"],
+            "user_request": row["user_request"],
+            "report_requirements": row["requirements"],
+            "current_agent": row["current_agent"],
+            "completed_tasks": completed,
+            "progress": progress,
+            "pipeline": self.step_names,
+            "started_at": iso(row["created_at"]),
+            "updated_at": iso(row["updated_at"]),
+            "finished_at": iso(row["finished_at"]),
+            "error": row["error"],
+            "failed_step": row["failed_step"],
+            "cancel_requested": bool(row["cancel_requested"]),
+            "attempts": row["attempts"],
+            "report_url": f"/api/reports/{row['id']}" if row["status"] == "completed" else None,
+        }
+        return json.dumps(doc, separators=(",", ":"))
+
+    def _completed(self, conn: Connection, session_id: str) -> list[str]:
+        return list(conn.execute(
+            select(T.c.name).where(T.c.session_id == session_id).order_by(T.c.position, T.c.id)).scalars())
+
+    def _locked_row(self, conn: Connection, session_id: str):
+        return conn.execute(select(S).where(S.c.id == session_id).with_for_update()).mappings().first()
+
+    def _change(self, conn: Connection, row, completed: Optional[list[str]] = None, fence_owner=None, **values):
+        """Apply a visible change to a locked row: new values, re-rendered document, version + 1.
+
+        Returns False (and writes nothing) when `fence_owner` is given and no longer holds the lease.
+        """
+        values.setdefault("updated_at", utcnow())
+        merged = dict(row) | values
+        if completed is None:
+            completed = self._completed(conn, row["id"])
+        stmt = update(S).where(S.c.id == row["id"])
+        if fence_owner is not None:
+            stmt = stmt.where(S.c.lease_owner == fence_owner)
+        result = conn.execute(stmt.values(version=S.c.version + 1,
+                                          status_document=self.render(merged, completed), **values))
+        return result.rowcount == 1
+
+    # -- web: submit, cancel, retry, delete --------------------------------------------------
+
+    def create(self, user_request: str, requirements: dict[str, Any]) -> str:
+        session_id = str(uuid.uuid4())
+        now = utcnow()
+        row = dict(id=session_id, status="queued", user_request=user_request, requirements=requirements,
+                   topic=requirements["topic"], current_agent=None, error=None, failed_step=None,
+                   created_at=now, updated_at=now, finished_at=None, lease_owner=None,
+                   lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
+        with write_transaction(self.engine) as conn:
+            conn.execute(insert(S).values(status_document=self.render(row, []), **row))
+        return session_id
+
+    def cancel(self, session_id: str) -> Optional[str]:
+        """Cancel now if nobody is running the session, else at its next step boundary.
+
+        Returns the new status (None if there is no such session); Conflict if it already finished.
+        """
+        with write_transaction(self.engine) as conn:
+            row = self._locked_row(conn, session_id)
+            if row is None:
+                return None
+            if row["status"] == "cancelled":
+                return "cancelled"
+            if row["status"] in FINISHED:
+                raise Conflict(f"Session '{session_id}' is {row['status']}; there is nothing to cancel.")
+            running = row["lease_owner"] is not None and row["lease_expires_at"] > self.clock()
+            if running:
+                self._change(conn, row, cancel_requested=True)
+                return row["status"]
+            self._change(conn, row, status="cancelled", finished_at=utcnow(), cancel_requested=False,
+                         lease_owner=None, lease_expires_at=None)
+            return "cancelled"
+
+    def retry(self, session_id: str) -> Optional[str]:
+        """Send a failed or cancelled session back to the queue; it resumes at its first unfinished step."""
+        with write_transaction(self.engine) as conn:
+            row = self._locked_row(conn, session_id)
+            if row is None:
+                return None
+            if row["status"] not in ("failed", "cancelled"):
+                raise Conflict(f"Session '{session_id}' is {row['status']}; only failed or cancelled "
+                               "sessions can be retried.")
+            self._change(conn, row, status="queued", error=None, failed_step=None, finished_at=None,
+                         cancel_requested=False, attempts=0, lease_owner=None, lease_expires_at=None)
+            return "queued"
+
+    def delete(self, session_id: str) -> bool:
+        """Remove a session and its steps. A process still running it finds its lease gone and stops."""
+        with write_transaction(self.engine) as conn:
+            return conn.execute(delete(S).where(S.c.id == session_id)).rowcount == 1
+
+    # -- runner: claim, commit, heartbeat, release --------------------------------------------
+
+    def claim(self, owner: str) -> Optional[Claim]:
+        """Take the oldest runnable session: queued, handed back, or with an expired lease."""
+        while True:
+            now = self.clock()
+            with write_transaction(self.engine) as conn:
+                row = conn.execute(
+                    select(S).where(S.c.status.in_(ACTIVE),
+                                    or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < now))
+                    .order_by(S.c.created_at).limit(1).with_for_update(skip_locked=True)).mappings().first()
+                if row is None:
+                    return None
+                steps = conn.execute(select(T.c.name, T.c.output).where(T.c.session_id == row["id"])
+                                     .order_by(T.c.position, T.c.id)).all()
+                completed = [name for name, _ in steps]
+                resumed = row["lease_owner"] is not None  # its last owner died or stalled mid-run
+                attempts = row["attempts"] + int(resumed)
+                pending = [name for name in self.step_names if name not in completed]
+                if attempts > self.max_attempts:
+                    self._change(conn, row, completed, status="failed", attempts=attempts, finished_at=utcnow(),
+                                 failed_step=row["current_agent"], lease_owner=None, lease_expires_at=None,
+                                 error=(f"Gave up after {attempts - 1} interrupted runs: the process running "
+                                        f"step '{row['current_agent']}' died or stalled each time "
+                                        f"(limit REPORTS_MAX_ATTEMPTS={self.max_attempts})."))
+                    continue
+                if row["cancel_requested"] or not pending:
+                    # Asked to cancel while nobody ran it, or every step is already recorded.
+                    status = "cancelled" if row["cancel_requested"] else "completed"
+                    self._change(conn, row, completed, status=status, current_agent=None, finished_at=utcnow(),
+                                 cancel_requested=False, lease_owner=None, lease_expires_at=None)
+                    continue
+                self._change(conn, row, completed, status="generating", current_agent=pending[0],
+                             attempts=attempts, lease_owner=owner, lease_expires_at=now + self.lease_seconds)
+                return Claim(row["id"], row["user_request"], row["requirements"],
+                             {name: output for name, output in steps}, resumed)
+
+    def commit_step(self, session_id: str, owner: str, name: str, output: Any,
+                    started_at: datetime) -> StepResult:
+        """Record a finished step and advance the session, in one transaction fenced on the lease."""
+        with write_transaction(self.engine) as conn:
+            row = self._locked_row(conn, session_id)
+            if row is None or row["lease_owner"] != owner:
+                return StepResult.LOST
+            position = self.step_names.index(name)
+            now = utcnow()
+            conn.execute(insert(T).values(session_id=session_id, name=name, position=position, output=output,
+                                          started_at=started_at, finished_at=now))
+            completed = self._completed(conn, session_id)
+            pending = [n for n in self.step_names if n not in completed]
+            if not pending:
+                values = dict(status="completed", current_agent=None, finished_at=now, lease_owner=None,
+                              lease_expires_at=None, cancel_requested=False)
+                result = StepResult.COMPLETED
+            elif row["cancel_requested"]:
+                values = dict(status="cancelled", current_agent=None, finished_at=now, lease_owner=None,
+                              lease_expires_at=None, cancel_requested=False)
+                result = StepResult.CANCELLED
+            else:
+                values = dict(current_agent=pending[0], lease_expires_at=self.clock() + self.lease_seconds)
+                result = StepResult.CONTINUE
+            if not self._change(conn, row, completed, fence_owner=owner, updated_at=now, **values):
+                # Unreachable while the row is locked; if it ever happens, the raise rolls back the step row.
+                raise RuntimeError(f"fenced update of session {session_id} matched no row")
+            return result
+
+    def fail(self, session_id: str, owner: str, step: str, error: str) -> bool:
+        """An agent raised: the session fails with the step and the reason (if we still hold it)."""
+        with write_transaction(self.engine) as conn:
+            row = self._locked_row(conn, session_id)
+            if row is None or row["lease_owner"] != owner:
+                return False
+            return self._change(conn, row, fence_owner=owner, status="failed", error=error, failed_step=step,
+                                finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
+                                cancel_requested=False)
+
+    def heartbeat(self, owner: str) -> int:
+        """Extend every lease this process holds; returns how many it still holds."""
+        with write_transaction(self.engine) as conn:
+            return conn.execute(update(S).where(S.c.lease_owner == owner, S.c.status == "generating")
+                                .values(lease_expires_at=self.clock() + self.lease_seconds)).rowcount
+
+    def release(self, owner: str, session_id: Optional[str] = None) -> int:
+        """Hand leases back (all of this process's, or one session's) so another process resumes at once."""
+        stmt = update(S).where(S.c.lease_owner == owner)
+        if session_id is not None:
+            stmt = stmt.where(S.c.id == session_id)
+        with write_transaction(self.engine) as conn:
+            return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
+
+    def lease_owners(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(S.c.lease_owner).where(S.c.lease_owner.is_not(None)).distinct())
+                        .scalars())
+
+    def expire_leases_of(self, owner: str) -> int:
+        """Mark a dead process's leases expired, so the next claim resumes its sessions now."""
+        with write_transaction(self.engine) as conn:
+            return conn.execute(update(S).where(S.c.lease_owner == owner, S.c.lease_expires_at > 0)
+                                .values(lease_expires_at=0)).rowcount
+
+    # -- operators: cleanup and import -------------------------------------------------------
+
+    def cleanup(self, days: float, dry_run: bool = False, batch_size: int = 500) -> int:
+        """Delete finished sessions last updated more than `days` ago, in batches; returns the count."""
+        cutoff = utcnow() - timedelta(days=days)
+        old = (S.c.status.in_(FINISHED), S.c.updated_at <= cutoff)
+        if dry_run:
+            with self.engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(S).where(*old)).scalar_one()
+        removed = 0
+        while True:
+            with write_transaction(self.engine) as conn:
+                ids = conn.execute(select(S.c.id).where(*old).limit(batch_size)).scalars().all()
+                if ids:
+                    removed += conn.execute(delete(S).where(S.c.id.in_(ids), *old)).rowcount
+            if len(ids) < batch_size:
+                return removed
+
+    def import_sessions(self, sessions: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Insert sessions (already validated, with `completed_tasks`) unless their id exists; one transaction."""
+        imported, skipped = [], []
+        with write_transaction(self.engine) as conn:
+            existing = set(conn.execute(select(S.c.id).where(S.c.id.in_([s["id"] for s in sessions]))).scalars())
+            for session in sessions:
+                if session["id"] in existing:
+                    skipped.append(session["id"])
+                    continue
+                completed = session.pop("completed_tasks")
+                row = dict(session, lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False,
+                           version=1)
+                conn.execute(insert(S).values(status_document=self.render(row, completed), **row))
+                for position, name in enumerate(completed):
+                    conn.execute(insert(T).values(session_id=row["id"], name=name, position=position, output=None,
+                                                  started_at=None, finished_at=row["updated_at"]))
+                imported.append(row["id"])
+                existing.add(row["id"])
+        return imported, skipped

@@ -1,0 +1,1 @@
+"""Blueprint: session status, listing, cancel, retry and delete."""

@@ -1,0 +1,118 @@
+"""Routes: status, listing, cancel, retry and delete of sessions."""
+import base64
+import binascii
+import json
+from datetime import datetime
+
+from flask import Response, current_app, request
+from flask_smorest import Blueprint, abort
+from sqlalchemy import func, select, tuple_
+
+from app.extensions import db
+from app.models import ReportSession
+from app.reports.routes import not_found_detail
+from app.runner import get_store
+from app.runner.store import Conflict
+from app.schemas import SessionListArgsSchema, SessionListSchema, StatusSchema
+from app.sessions.status import etag_for
+
+blp = Blueprint("sessions", __name__, url_prefix="/api", description="Session status and management")
+
+
+@blp.get("/report-status/<session_id>")
+@blp.doc(responses={"304": {"description": "Not modified since the ETag given in If-None-Match"}})
+@blp.response(200, StatusSchema)
+@blp.alt_response(404, description="No such session")
+def report_status(session_id):
+    """A session's status. Send If-None-Match with the last ETag: 304 while nothing changed.
+
+    Polls of existing sessions are answered by StatusFastPath before reaching this view;
+    it answers the same way for any request that does get here.
+    """
+    found = current_app.extensions["report_status_reader"](session_id)
+    if found is None:
+        abort(404, message=not_found_detail(session_id))
+    version, document = found
+    response = Response(document, mimetype="application/json")
+    response.set_etag(etag_for(version).strip('"'))
+    response.headers["Cache-Control"] = "no-cache"
+    return response.make_conditional(request)
+
+
+@blp.get("/sessions")
+@blp.arguments(SessionListArgsSchema, location="query")
+@blp.response(200, SessionListSchema)
+def list_sessions(args):
+    """Sessions, newest first, a page at a time (follow next_cursor); filter with ?status=."""
+    limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
+    S = ReportSession
+    where = [S.status == args["status"]] if "status" in args else []
+    total = db.session.execute(select(func.count()).select_from(S).where(*where)).scalar_one()
+    query = select(S.id, S.status, S.topic, S.current_agent, S.created_at, S.updated_at).where(*where)
+    if "cursor" in args:
+        created_at, session_id = decode_cursor(args["cursor"])
+        query = query.where(tuple_(S.created_at, S.id) < tuple_(created_at, session_id))
+    rows = db.session.execute(query.order_by(S.created_at.desc(), S.id.desc()).limit(limit + 1)).all()
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return {"total_sessions": total, "sessions": rows[:limit], "next_cursor": next_cursor}
+
+
+def encode_cursor(row) -> str:
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str):
+    try:
+        created_at, _, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created_at), session_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        abort(422, message="Invalid cursor: pass next_cursor from the previous page.",
+              errors={"cursor": ["Invalid cursor."]})
+
+
+@blp.delete("/sessions/<session_id>")
+@blp.response(204)
+@blp.alt_response(404, description="No such session")
+def delete_session(session_id):
+    """Delete a session and its steps; a running one stops at its next step boundary."""
+    if not get_store(current_app).delete(session_id):
+        abort(404, message=not_found_detail(session_id))
+
+
+@blp.post("/sessions/<session_id>/cancel")
+@blp.response(200, StatusSchema, description="Cancelled")
+@blp.alt_response(202, schema=StatusSchema, description="Cancel requested: it stops at the next step boundary")
+@blp.alt_response(404, description="No such session")
+@blp.alt_response(409, description="The session already completed or failed")
+def cancel_session(session_id):
+    """Cancel a session: at once if nobody is running it, else when its current step ends."""
+    status = _apply(get_store(current_app).cancel, session_id)
+    return status_document(session_id), 200 if status == "cancelled" else 202
+
+
+@blp.post("/sessions/<session_id>/retry")
+@blp.response(202, StatusSchema, description="Queued again")
+@blp.alt_response(404, description="No such session")
+@blp.alt_response(409, description="Only failed or cancelled sessions can be retried")
+def retry_session(session_id):
+    """Queue a failed or cancelled session again; it resumes from its first unfinished step."""
+    _apply(get_store(current_app).retry, session_id)
+    runner = current_app.extensions.get("report_runner")
+    if runner is not None:
+        runner.wake()
+    return status_document(session_id)
+
+
+def _apply(operation, session_id):
+    try:
+        result = operation(session_id)
+    except Conflict as exc:
+        abort(409, message=str(exc))
+    if result is None:
+        abort(404, message=not_found_detail(session_id))
+    return result
+
+
+def status_document(session_id):
+    found = current_app.extensions["report_status_reader"](session_id)
+    return json.loads(found[1]) if found else abort(404, message=not_found_detail(session_id))

@@ -1,0 +1,77 @@
+"""The status poll, GET /api/report-status/<id>: one primary-key read of a stored document.
+
+Every state change renders the session's status document and bumps its version in the same
+transaction (app/runner/store.py), so answering a poll needs no joins and no serialisation:
+read (version, document), compare the version with If-None-Match, send 304 or the document.
+StatusFastPath does that before Flask dispatches; the Flask view in routes.py answers the
+same way through the framework, and handles every other case (unknown ids, other methods).
+"""
+from typing import Optional
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Engine
+
+from app.models import ReportSession
+
+PREFIX = "/api/report-status/"
+
+
+class StatusReader:
+    """Reads (version, document) with the driver directly: this is the hottest query there is."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        S = ReportSession.__table__
+        compiled = select(S.c.version, S.c.status_document).where(S.c.id == bindparam("id")).compile(
+            dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.positional = compiled.positional
+
+    def __call__(self, session_id: str) -> Optional[tuple[int, str]]:
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self.sql, (session_id,) if self.positional else {"id": session_id})
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            conn.close()
+        return (row[0], row[1]) if row else None
+
+
+def etag_for(version: int) -> str:
+    return f'"{version}"'
+
+
+def etag_matches(if_none_match: Optional[str], etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+    return any(tag == etag or tag == "*" for tag in candidates)
+
+
+class StatusFastPath:
+    """WSGI middleware: answers status polls of existing sessions; everything else goes to Flask."""
+
+    def __init__(self, wsgi_app, read_status: StatusReader):
+        self.wsgi_app = wsgi_app
+        self.read_status = read_status
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD")
+        if path.startswith(PREFIX) and method in ("GET", "HEAD"):
+            session_id = path[len(PREFIX):]
+            found = self.read_status(session_id) if session_id and "/" not in session_id else None
+            if found is not None:
+                version, document = found
+                etag = etag_for(version)
+                headers = [("ETag", etag), ("Cache-Control", "no-cache")]
+                if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
+                    start_response("304 NOT MODIFIED", headers)
+                    return []
+                body = document.encode()
+                headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                start_response("200 OK", headers)
+                return [body] if method == "GET" else []
+        return self.wsgi_app(environ, start_response)

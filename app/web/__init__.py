@@ -1,0 +1,1 @@
+"""Blueprint: the browser pages."""

@@ -1,0 +1,79 @@
+"""Fixtures: an app on a freshly migrated SQLite file per test, its client and CLI runner."""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # "agents:First" resolves in this process, as in the servers tests start
+
+from app import create_app  # noqa: E402
+from app.extensions import db  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory):
+    """One database migrated with `flask db upgrade`'s own code; each test gets a copy."""
+    import flask_migrate
+
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}"})
+    with app.app_context():
+        flask_migrate.upgrade()
+        db.engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path, migrated_template):
+    path = tmp_path / "app.db"
+    shutil.copy(migrated_template, path)
+    return path
+
+
+@pytest.fixture
+def app(db_path, request):
+    marker = request.node.get_closest_marker("pipeline")
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}"}
+    if marker:
+        config["PIPELINE"] = list(marker.args[0])
+    app = create_app(config)
+    yield app
+    runner = app.extensions.get("report_runner")
+    if runner is not None:
+        runner.stop(timeout=10)
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def cli(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["report_store"]
+
+
+@pytest.fixture
+def agent_log(tmp_path, monkeypatch):
+    path = tmp_path / "agents.log"
+    monkeypatch.setenv("TEST_AGENT_LOG", str(path))
+    return path
+
+
+def read_agent_log(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split()[:3] for line in f]
+
+
+SUBMISSION = {
+    "user_request": "A market analysis of electric vehicles for investors",
+    "requirements": {"topic": "Electric Vehicle Market Analysis", "page_count": 2, "source_count": 3,
+                     "complexity": "simple"},
+}
