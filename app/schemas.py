@@ -89,12 +89,13 @@ class SessionListSchema(ma.Schema):
 
 
 class ReportSchema(ma.Schema):
-    """The finished report: the pipeline's last step output, with the session id."""
-
-    class Meta:
-        unknown = ma.INCLUDE
+    """The finished report: the output of the pipeline's last step (the publisher), with the session id."""
 
     session_id = fields.String()
     title = fields.String()
     markdown = fields.String()
-    html = fields.String()
+    html = fields.String(metadata={"description": "a standalone HTML page with a print stylesheet"})
+    word_count = fields.Integer()
+    sources = fields.List(fields.Dict(), metadata={"description": "numbered as cited: [n] is sources[n-1]"})
+    review = fields.Dict(allow_none=True, metadata={"description": "the reviewer's findings"})
+    report = fields.Raw(metadata={"description": "a custom pipeline's last output, when it is not an object"})

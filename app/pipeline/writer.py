@@ -31,7 +31,7 @@ class Writer:
                 if words >= budget:
                     break
             chosen.sort(key=lambda i: (pool[i][0], i))  # group by source, keep each source's order
-            return " ".join(f"{pool[i][1]} [{pool[i][0]}]" for i in chosen), {pool[i][0] for i in chosen}
+            return " ".join(_cite(pool[i][1], pool[i][0]) for i in chosen), {pool[i][0] for i in chosen}
 
         title = outline["title"]
         lines = [f"# {title}", ""]
@@ -65,6 +65,13 @@ class Writer:
 
 
 _NO_MATERIAL = "_The collected sources hold nothing on this section._"
+
+
+def _cite(sentence: str, number: int) -> str:
+    """'Sales rose.' -> 'Sales rose [3].'"""
+    if sentence[-1:] in ".!?":
+        return f"{sentence[:-1]} [{number}]{sentence[-1]}"
+    return f"{sentence} [{number}]"
 
 
 def _near_duplicate(sentence: str, chosen: list[str]) -> bool:

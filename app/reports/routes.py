@@ -1,5 +1,5 @@
 """Routes: POST /api/submit-requirements, GET /api/reports/<id>."""
-from flask import current_app, request, url_for
+from flask import current_app, jsonify, request, url_for
 from flask_smorest import Blueprint, abort
 
 from app.extensions import db
@@ -50,7 +50,8 @@ def get_report(session_id):
     if last is None or last.output is None:
         abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
     output = last.output if isinstance(last.output, dict) else {"report": last.output}
-    return {"session_id": session_id, **output}
+    # Returned as is, not dumped through ReportSchema: a custom pipeline's output keeps all its keys.
+    return jsonify({"session_id": session_id, **output})
 
 
 def not_found_detail(session_id: str) -> str:
