@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: install run dev test lint clean
+.PHONY: install run dev test bench lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ dev: install
 
 test: install
 	$(BIN)/pytest
+
+# Step-commit cost at 100 and 100,000 stored sessions (issue #6 grows this into the full bench).
+bench: install
+	$(BIN)/python bench/step_commit.py
 
 lint: install
 	$(BIN)/flake8 app tests wsgi.py gunicorn.conf.py

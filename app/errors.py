@@ -37,6 +37,10 @@ def json_error_response(error: HTTPException):
     errors = data.get("errors") or data.get("messages") or {}
     if set(errors) <= {"json", "query", "view_args", "form", "headers"} and len(errors) == 1:
         errors = next(iter(errors.values()))
+    if isinstance(errors, list):  # messages about the body as a whole ("Invalid JSON body.")
+        errors = {"body": errors}
+    if "_schema" in errors:
+        errors = {"body" if k == "_schema" else k: v for k, v in errors.items()}
     detail = data.get("message") or _detail_for(error, errors)
     body = {"detail": detail}
     if errors:
@@ -52,14 +56,12 @@ def json_error_response(error: HTTPException):
 
 def _detail_for(error: HTTPException, errors) -> str:
     if error.code == 422 and errors:
-        fields = ", ".join(sorted(_flatten_fields(errors)))
-        return f"Invalid input: {fields}."
-    if error.code == 400 and isinstance(errors, dict) and errors.get("_schema"):
-        return "; ".join(str(m) for m in errors["_schema"])
-    if error.code in DETAILS and (isinstance(error, InternalServerError) or error.description is None
-                                  or error.description == type(error).description):
-        return DETAILS[error.code]
-    return error.description or DETAILS.get(error.code, error.name)
+        return f"Invalid input: {', '.join(sorted(_flatten_fields(errors)))}."
+    if list(errors) == ["body"]:
+        return " ".join(str(m) for m in errors["body"])
+    if error.description and error.description != type(error).description:
+        return error.description  # a specific message from where it was raised
+    return DETAILS.get(error.code, error.name)
 
 
 def _flatten_fields(errors, prefix=""):

@@ -58,25 +58,20 @@ def test_complexity_defaults_to_moderate(client):
     assert status["report_requirements"]["complexity"] == "moderate"
 
 
+def requirements(**fields):
+    return {"user_request": "x", "requirements": fields}
+
+
 BAD_BODIES = {
     "empty object": ({}, ["user_request", "requirements"]),
     "no requirements": ({"user_request": "x"}, ["requirements"]),
-    "empty topic, negative pages": ({"user_request": "x", "requirements": {"topic": "", "page_count": -1}},
-                                    ["topic", "page_count", "source_count"]),
-    "pages as a word": ({"user_request": "x", "requirements": {"topic": "t", "page_count": "many",
-                                                              "source_count": 1, "complexity": "simple"}},
-                        ["page_count"]),
-    "pages as a numeric string": ({"user_request": "x", "requirements": {"topic": "t", "page_count": "10",
-                                                                        "source_count": 1}}, ["page_count"]),
-    "absurd counts": ({"user_request": "x", "requirements": {"topic": "t", "page_count": 100000,
-                                                            "source_count": 10 ** 9}},
-                      ["page_count", "source_count"]),
-    "unknown complexity": ({"user_request": "x", "requirements": {"topic": "t", "page_count": 1,
-                                                                 "source_count": 1, "complexity": "epic"}},
-                           ["complexity"]),
+    "empty topic, negative pages": (requirements(topic="", page_count=-1), ["topic", "page_count", "source_count"]),
+    "pages as a word": (requirements(topic="t", page_count="many", source_count=1), ["page_count"]),
+    "pages as a numeric string": (requirements(topic="t", page_count="10", source_count=1), ["page_count"]),
+    "absurd counts": (requirements(topic="t", page_count=100000, source_count=10 ** 9), ["page_count", "source_count"]),
+    "unknown complexity": (requirements(topic="t", page_count=1, source_count=1, complexity="epic"), ["complexity"]),
     "unknown field": (dict(SUBMISSION, priority="high"), ["priority"]),
-    "unknown requirement": ({"user_request": "x", "requirements": dict(SUBMISSION["requirements"], colour="red")},
-                           ["colour"]),
+    "unknown requirement": (requirements(**SUBMISSION["requirements"], colour="red"), ["colour"]),
     "requirements not an object": ({"user_request": "x", "requirements": [1, 2]}, ["requirements"]),
     "body is a list": ([SUBMISSION], None),
     "user_request too long": (dict(SUBMISSION, user_request="x" * 5001), ["user_request"]),
