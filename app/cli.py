@@ -21,14 +21,14 @@ OLD_STATUSES = {"queued": "queued", "pending": "queued", "generating": "generati
 
 
 @sessions_cli.command("cleanup")
-@click.option("--days", type=click.FloatRange(min=0), required=True,
+@click.option("--days", type=click.IntRange(min=0, max=36_500), required=True,
               help="Remove finished sessions last updated more than this many days ago (0: all finished).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
 def cleanup(days, dry_run):
     """Delete finished (completed, failed, cancelled) sessions; queued and running ones are never touched."""
     count = get_store(current_app).cleanup(days, dry_run=dry_run)
     noun = "session" if count == 1 else "sessions"
-    age = "finished" if days == 0 else f"finished and older than {days:g} days"
+    age = "finished" if days == 0 else f"finished and older than {days} days"
     if dry_run:
         click.echo(f"Would remove {count} {noun} ({age}). Dry run: nothing was deleted.")
     else:
@@ -66,8 +66,9 @@ def show(session_id):
 def import_json(path):
     """Import sessions from the old JSON store (data/sessions/states.json); safe to run twice.
 
-    Finished sessions keep their status and completed steps (the old store kept no step outputs,
-    so they have no report). Unfinished ones are queued to run again from the start.
+    Finished sessions keep their status and list of completed steps (the old store kept no step
+    outputs, so they have no report, and a retry runs them from the start). Unfinished ones are
+    queued to run again from the start.
     """
     try:
         with open(path, encoding="utf-8") as f:

@@ -90,8 +90,7 @@ class Step(db.Model):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     position: Mapped[int]
-    # None only for steps imported from the old JSON store, which never kept step outputs.
-    output: Mapped[Optional[Any]] = mapped_column(JSON)
+    output: Mapped[Any] = mapped_column(JSON)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -2,6 +2,7 @@
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,23 @@ SUBMISSION = {
     "requirements": {"topic": "Electric Vehicle Market Analysis", "page_count": 2, "source_count": 3,
                      "complexity": "simple"},
 }
+
+
+def wait_for(predicate, timeout=30.0):
+    """Poll until predicate() is truthy; the timeout only stops a broken test from hanging."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def status_of(client, session_id):
+    return client.get(f"/api/report-status/{session_id}").get_json()
+
+
+def finished(client, session_id):
+    status = status_of(client, session_id)
+    return status if status["status"] in ("completed", "failed", "cancelled") else None

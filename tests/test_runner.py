@@ -11,7 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import SUBMISSION, read_agent_log
+from conftest import SUBMISSION, finished, read_agent_log, status_of, wait_for
 from sqlalchemy import select, update
 
 from app.extensions import db
@@ -21,26 +21,6 @@ from app.runner.executor import owner_is_dead, process_owner_id
 from app.runner.store import StepResult
 
 FAST = ["agents:First", "agents:Second", "agents:Third"]
-
-
-def wait_for(predicate, timeout=30.0):
-    """Poll until predicate() is truthy; the timeout only stops a broken test from hanging."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def status_of(client, session_id):
-    return client.get(f"/api/report-status/{session_id}").get_json()
-
-
-def finished(client, session_id):
-    status = status_of(client, session_id)
-    return status if status["status"] in ("completed", "failed", "cancelled") else None
 
 
 def rows(app, model, **where):

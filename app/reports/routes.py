@@ -47,7 +47,7 @@ def get_report(session_id):
         abort(409, message=f"Session '{session_id}' is {session.status}; the report is ready when it is completed.")
     last = db.session.execute(db.select(Step).where(Step.session_id == session_id)
                               .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
-    if last is None or last.output is None:
+    if last is None:
         abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
     output = last.output if isinstance(last.output, dict) else {"report": last.output}
     # Returned as is, not dumped through ReportSchema: a custom pipeline's output keeps all its keys.

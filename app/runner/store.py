@@ -278,7 +278,11 @@ class Store:
                 return removed
 
     def import_sessions(self, sessions: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-        """Insert sessions (already validated, with `completed_tasks`) unless their id exists; one transaction."""
+        """Insert sessions unless their id exists, in one transaction; returns (imported, skipped) ids.
+
+        Each session is a row's values plus `completed_tasks`, which only its status document keeps:
+        the old store saved no step outputs, so there are no step rows to resume from.
+        """
         imported, skipped = [], []
         with write_transaction(self.engine) as conn:
             existing = set(conn.execute(select(S.c.id).where(S.c.id.in_([s["id"] for s in sessions]))).scalars())
@@ -286,13 +290,9 @@ class Store:
                 if session["id"] in existing:
                     skipped.append(session["id"])
                     continue
-                completed = session.pop("completed_tasks")
-                row = dict(session, lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False,
-                           version=1)
-                conn.execute(insert(S).values(status_document=self.render(row, completed), **row))
-                for position, name in enumerate(completed):
-                    conn.execute(insert(T).values(session_id=row["id"], name=name, position=position, output=None,
-                                                  started_at=None, finished_at=row["updated_at"]))
+                row = {k: v for k, v in session.items() if k != "completed_tasks"}
+                row |= dict(lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
+                conn.execute(insert(S).values(status_document=self.render(row, session["completed_tasks"]), **row))
                 imported.append(row["id"])
                 existing.add(row["id"])
         return imported, skipped

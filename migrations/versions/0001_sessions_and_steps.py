@@ -53,7 +53,7 @@ def upgrade():
     sa.Column('session_id', sa.String(length=36), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('output', sa.JSON(), nullable=True),
+    sa.Column('output', sa.JSON(), nullable=False),
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('finished_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['session_id'], ['sessions.id'], name=op.f('fk_steps_session_id_sessions'), ondelete='CASCADE'),

@@ -1,0 +1,193 @@
+"""The schema and start-up, as an operator meets them: real `flask` and `gunicorn` processes.
+
+`flask --app wsgi db upgrade` builds the schema of models.py on an empty file and leaves nothing for
+autogenerate to find; a bad pipeline or an unmigrated database stops the CLI and gunicorn with one
+line saying what to do, never a traceback; and a CLI command runs on the bundled SQLite without
+starting the background runner.
+"""
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from app.models import ReportSession
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+BAD_PIPELINE = '["nosuchmodule:Agent"]'
+TIMEOUT = 60
+
+pytestmark = pytest.mark.slow
+
+
+def environment(db_file, **extra):
+    """The caller's environment without any of the service's settings, on the given database file."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("REPORTS_", "FLASK_", "GUNICORN_"))
+           and key not in ("DATABASE_URL", "BIND", "WEB_CONCURRENCY", "PYTHONPATH")}
+    env["DATABASE_URL"] = f"sqlite:///{db_file}"
+    env.update(extra)
+    return env
+
+
+def run(args, db_file, stdin=None, timeout=TIMEOUT, **extra_env):
+    """Run a command from the project root (so gunicorn.conf.py applies); kill its whole group on timeout."""
+    proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=ROOT, env=environment(db_file, **extra_env),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    started = time.monotonic()
+    try:
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(args)} still running after {timeout}s\nstdout:\n{stdout}\nstderr:\n{stderr}")
+    return proc.returncode, stdout, stderr, time.monotonic() - started
+
+
+def upgrade(db_file):
+    code, stdout, stderr, _ = run(["flask", "--app", "wsgi", "db", "upgrade"], db_file)
+    assert code == 0, stdout + stderr
+    return stdout + stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gunicorn(db_file, **extra_env):
+    return run(["gunicorn", "-w", "1", "-b", f"127.0.0.1:{free_port()}", "wsgi:app"], db_file, timeout=30,
+               **extra_env)
+
+
+def own_lines(stderr):
+    """stderr without gunicorn's own log lines ("[date] [pid] [INFO] Starting gunicorn ...")."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]
+
+
+# -- migrations -------------------------------------------------------------------------------
+
+def test_db_upgrade_on_an_empty_file_creates_the_tables_and_indexes_of_the_models(tmp_path):
+    db_file = tmp_path / "empty.db"
+    db_file.touch()
+
+    output = upgrade(db_file)
+
+    assert "Running upgrade  -> 0001" in output
+    with sqlite3.connect(db_file) as conn:
+        tables = {name for (name,) in conn.execute("select name from sqlite_master where type = 'table'")}
+        indexes = {name: table for name, table in conn.execute(
+            "select name, tbl_name from sqlite_master where type = 'index' and name not like 'sqlite_%'")}
+        revision = conn.execute("select version_num from alembic_version").fetchall()
+    assert {"sessions", "steps", "alembic_version"} <= tables
+    expected = {index.name for index in ReportSession.__table__.indexes}
+    assert expected == {"ix_sessions_newest", "ix_sessions_status_newest", "ix_sessions_status_updated",
+                        "ix_sessions_lease_owner"}
+    assert {name: "sessions" for name in expected}.items() <= indexes.items()
+    assert revision == [("0001",)]
+
+
+def test_db_check_after_upgrade_finds_nothing_to_generate(tmp_path):
+    db_file = tmp_path / "empty.db"
+    upgrade(db_file)
+
+    code, stdout, stderr, _ = run(["flask", "--app", "wsgi", "db", "check"], db_file)
+
+    assert code == 0, stdout + stderr
+    assert "No new upgrade operations detected" in stdout + stderr
+
+
+def test_steps_cascade_from_sessions_in_the_migrated_schema(tmp_path):
+    db_file = tmp_path / "empty.db"
+    upgrade(db_file)
+
+    with sqlite3.connect(db_file) as conn:
+        keys = conn.execute("pragma foreign_key_list(steps)").fetchall()
+
+    assert [(k[2], k[3], k[4], k[6]) for k in keys] == [("sessions", "session_id", "id", "CASCADE")]
+
+
+# -- start-up refusals --------------------------------------------------------------------------
+
+def test_cli_refuses_an_unimportable_pipeline_with_one_line(db_path):
+    code, stdout, stderr, _ = run(["flask", "--app", "wsgi", "sessions", "list"], db_path,
+                                  REPORTS_PIPELINE=BAD_PIPELINE)
+
+    assert code != 0
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "REPORTS_PIPELINE" in lines[0] and "nosuchmodule" in lines[0]
+
+
+def test_gunicorn_refuses_an_unmigrated_database_and_says_to_upgrade(tmp_path):
+    db_file = tmp_path / "unmigrated.db"
+    db_file.touch()
+
+    code, stdout, stderr, elapsed = gunicorn(db_file)
+
+    assert code != 0
+    assert "Traceback" not in stdout + stderr
+    lines = own_lines(stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("report-service: the database") and "is not migrated" in lines[0]
+    assert "flask --app wsgi db upgrade" in lines[0]
+    assert elapsed < 30
+
+
+def test_gunicorn_refuses_an_unimportable_pipeline_with_one_line(db_path):
+    code, stdout, stderr, _ = gunicorn(db_path, REPORTS_PIPELINE=BAD_PIPELINE)
+
+    assert code != 0
+    assert "Traceback" not in stdout + stderr
+    lines = own_lines(stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("report-service: REPORTS_PIPELINE") and "nosuchmodule" in lines[0]
+
+
+# -- the SQLite library, and no runner in CLI commands ----------------------------------------
+
+SHELL_SCRIPT = """\
+import threading
+from flask import current_app
+engine = current_app.extensions['sqlalchemy'].engine
+with engine.connect() as conn:
+    version = conn.exec_driver_sql('select sqlite_version()').scalar()
+
+print('SQLITE', version)
+print('DBAPI', engine.dialect.dbapi.__name__)
+print('RUNNER', 'report_runner' in current_app.extensions)
+print('THREADS', ','.join(sorted(t.name for t in threading.enumerate())))
+"""
+
+
+def shell_report(stdout):
+    report = {}
+    for line in stdout.splitlines():
+        line = line.lstrip(">. ")
+        key, _, value = line.partition(" ")
+        if key in ("SQLITE", "DBAPI", "RUNNER", "THREADS"):
+            report[key] = value
+    return report
+
+
+def test_flask_shell_uses_the_bundled_sqlite_and_exits_promptly(db_path):
+    # A migrated database: were the runner started, it would find nothing to stop it from running.
+    code, stdout, stderr, elapsed = run(["flask", "--app", "wsgi", "shell"], db_path, stdin=SHELL_SCRIPT,
+                                        timeout=30)
+
+    assert code == 0, stdout + stderr
+    report = shell_report(stdout)
+    assert tuple(int(x) for x in report["SQLITE"].split(".")) >= (3, 51, 3), report
+    assert report["DBAPI"].split(".")[0] == "pysqlite3", report
+    assert report["RUNNER"] == "False"
+    assert "report-runner" not in report["THREADS"]
+    assert "Traceback" not in stdout + stderr
+    assert elapsed < 15
