@@ -290,3 +290,19 @@ def test_status_document_renders_every_field_as_json(store):
 
     assert doc["progress"] == round(2 / len(store.step_names), 4)
     assert doc["started_at"].endswith("Z") and doc["report_url"] is None
+
+
+def test_a_killed_but_unreaped_process_counts_as_dead():
+    """After kill -9 a worker lingers as a zombie until its parent reaps it; it holds nothing."""
+    child = subprocess.Popen([sys.executable, "-c",
+                              "from app.runner.executor import process_owner_id; print(process_owner_id(), flush=True);"
+                              "import time; time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    owner = child.stdout.readline().strip()
+    assert not owner_is_dead(owner)
+
+    os.kill(child.pid, 9)
+    wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] == "Z")
+
+    assert owner_is_dead(owner)
+    child.wait()

@@ -23,12 +23,19 @@ log = logging.getLogger(__name__)
 
 
 def _process_start_time(pid: int) -> Optional[str]:
-    """The kernel's start time of a process (Linux), which tells a reused pid from the original."""
+    """The kernel's start time of a live process (Linux), which tells a reused pid from the original.
+
+    None when there is no such process, or it is a zombie: a process killed by `kill -9` keeps its
+    /proc entry until its parent reaps it, but it will never renew a lease again.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
 
 
 def process_owner_id() -> str:
@@ -38,7 +45,7 @@ def process_owner_id() -> str:
 
 
 def owner_is_dead(owner: str) -> bool:
-    """True only when the lease owner is a process on this host that no longer exists."""
+    """True only when the lease owner is a process on this host that no longer runs."""
     try:
         host, pid_text, started, _nonce = owner.rsplit(":", 3)
         pid = int(pid_text)
