@@ -7,9 +7,22 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: install run dev test bench lint clean
+.PHONY: install system-libraries run dev test bench lint clean
 
-install: $(STAMP)
+install: $(STAMP) system-libraries
+
+# WeasyPrint (the PDF renderer) needs Pango and HarfBuzz from the system; Debian-based machines
+# get them here, others must install them by hand (the check prints what is missing).
+SYSTEM_LIBRARIES := libpango-1.0.so.0 libpangoft2-1.0.so.0 libharfbuzz-subset.so.0
+system-libraries:
+	@missing=""; for lib in $(SYSTEM_LIBRARIES); do ldconfig -p | grep -q "$$lib" || missing="$$missing $$lib"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "Installing system libraries for PDF rendering:$$missing"; \
+	    apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 \
+	      fonts-dejavu-core >/dev/null; \
+	  else echo "Missing system libraries for PDF rendering:$$missing (install Pango and HarfBuzz)"; exit 1; fi; \
+	fi
 
 # Re-install only when the dependency list changes; the package itself is editable.
 $(STAMP): setup.cfg pyproject.toml

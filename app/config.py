@@ -12,14 +12,29 @@ The database is the one exception: DATABASE_URL, the name every host and platfor
 PIPELINE = [
     "app.pipeline.planner:Planner",
     "app.pipeline.data_collection:DataCollection",
+    "app.pipeline.api_research:ApiResearch",
+    "app.pipeline.analyst:Analyst",
     "app.pipeline.writer:Writer",
     "app.pipeline.reviewer:Reviewer",
     "app.pipeline.publisher:Publisher",
 ]
 
-# Folder of Markdown / plain-text documents the data_collection agent searches.
+# Folder of Markdown, text, HTML and PDF documents (and data/*.csv tables) the pipeline uses.
 # None means the sample library shipped in app/pipeline/sample_library/.
 LIBRARY_DIR = None
+
+# Fetching the URLs a request names: only public addresses unless ALLOW_PRIVATE_URLS (a local
+# deployment, or tests), each page within a timeout and a size cap.
+ALLOW_PRIVATE_URLS = False
+FETCH_TIMEOUT = 10.0
+FETCH_MAX_BYTES = 2_000_000
+
+# An OpenAI-compatible model for the writer (OpenAI, Ollama, vLLM...); unset: the offline writer.
+LLM_BASE_URL = None
+LLM_API_KEY = None
+LLM_MODEL = None
+LLM_TIMEOUT = 60.0
+LLM_MAX_RETRIES = 2
 
 # Background runner, one per server process.
 RUNNER_THREADS = 4          # sessions a process runs at once

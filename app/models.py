@@ -6,7 +6,8 @@ app/runner/store.py, so its invariants can be read in one place.
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, TypeDecorator,
+                        UniqueConstraint)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -51,6 +52,9 @@ class ReportSession(db.Model):
     requirements: Mapped[dict[str, Any]] = mapped_column(JSON)
     topic: Mapped[str] = mapped_column(String(200))  # requirements["topic"], for listing without JSON
     current_agent: Mapped[Optional[str]] = mapped_column(String(64))
+    progress_message: Mapped[Optional[str]] = mapped_column(Text)  # the running step's latest news
+    # Small public summaries steps add to the status document (the reviewer's findings, ...).
+    status_fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[Optional[str]] = mapped_column(Text)
     failed_step: Mapped[Optional[str]] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -97,4 +101,23 @@ class Step(db.Model):
     session: Mapped[ReportSession] = relationship(back_populates="steps")
 
     # One row per step of a session: a step's result is recorded exactly once.
+    __table_args__ = (UniqueConstraint("session_id", "name"),)
+
+
+class Artifact(db.Model):
+    """A file a step made (a chart, the PDF), too large for the step's JSON output.
+
+    Written in the same transaction as its step's row, so it exists exactly when the step does.
+    """
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))  # unique per session: "chart-1.png", "report.pdf"
+    content_type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
     __table_args__ = (UniqueConstraint("session_id", "name"),)

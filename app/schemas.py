@@ -9,7 +9,8 @@ from marshmallow import fields, validate
 from app.models import STATUSES, iso
 
 COMPLEXITIES = ("simple", "moderate", "complex")
-LIMITS = {"topic": 200, "user_request": 5000, "page_count": (1, 200), "source_count": (1, 50)}
+LIMITS = {"topic": 200, "user_request": 5000, "page_count": (1, 200), "source_count": (1, 50), "urls": 10,
+          "url_length": 2000}
 
 
 class RequirementsSchema(ma.Schema):
@@ -21,6 +22,14 @@ class RequirementsSchema(ma.Schema):
                                   metadata={"example": 10})
     complexity = fields.String(load_default="moderate", validate=validate.OneOf(COMPLEXITIES),
                                metadata={"example": "moderate"})
+    urls = fields.List(
+        fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=LIMITS["url_length"])),
+        validate=validate.Length(max=LIMITS["urls"]),
+        metadata={"description": "web pages to use as sources (fetched by the server; private addresses refused)"})
+    data_urls = fields.List(
+        fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=LIMITS["url_length"])),
+        validate=validate.Length(max=LIMITS["urls"]),
+        metadata={"description": "CSV or JSON tables to analyse (first column: x, e.g. year; then numeric series)"})
 
     @ma.pre_load
     def strip_topic(self, data, **kwargs):

@@ -42,7 +42,8 @@ def fill(store, count):
     for _ in range(count):
         sid = str(uuid.uuid4())
         row = dict(id=sid, status="completed", user_request="bench", requirements={"topic": "bench"}, topic="bench",
-                   current_agent=None, error=None, failed_step=None, created_at=now, updated_at=now, finished_at=now,
+                   current_agent=None, progress_message=None, status_fields={}, error=None, failed_step=None,
+                   created_at=now, updated_at=now, finished_at=now,
                    lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
         rows.append(dict(row, status_document=store.render(row, STEPS)))
     with write_transaction(store.engine) as conn:

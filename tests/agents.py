@@ -76,3 +76,22 @@ class Echo(_Step):
 
 
 FAST = ["agents:First", "agents:Second", "agents:Third"]
+
+
+class SlowWriter:
+    """The real writer, slowed down so a test can kill the server while it runs."""
+
+    name = "writer"
+
+    def run(self, context):
+        from app.pipeline.writer import Writer
+
+        _record(self.name, context)
+        time.sleep(float(os.environ.get("TEST_AGENT_DELAY", "0")))
+        return Writer().run(context)
+
+
+DEFAULT_WITH_SLOW_WRITER = [
+    "app.pipeline.planner:Planner", "app.pipeline.data_collection:DataCollection",
+    "app.pipeline.api_research:ApiResearch", "app.pipeline.analyst:Analyst", "agents:SlowWriter",
+    "app.pipeline.reviewer:Reviewer", "app.pipeline.publisher:Publisher"]

@@ -73,6 +73,42 @@ def read_agent_log(path):
         return [line.split()[:3] for line in f]
 
 
+EV_SALES = """# Title: Electric car sales by region
+# Source: Test Agency Outlook 2024
+# Retrieved: 2026-11-01
+# Unit: million cars
+year,China,Europe,United States
+2020,1.2,1.4,0.3
+2021,3.3,2.3,0.6
+2022,5.9,2.7,1.0
+2023,8.1,3.2,1.4
+"""
+
+
+@pytest.fixture
+def library(tmp_path):
+    """A small library the tests write themselves: two on-topic documents, one off-topic, one data file."""
+    folder = tmp_path / "library"
+    folder.mkdir()
+    (folder / "ev-sales.md").write_text(
+        "# Electric car sales\n\nSource: Test Agency Outlook 2024\nRetrieved: 2026-11-01\n\n"
+        "Electric car sales reached 14 million worldwide in 2023, according to the Test Agency. "
+        "Electric cars made up 18% of all new cars sold in 2023.\n\n"
+        "China accounted for about 60% of new electric car registrations in 2023. "
+        "Europe was the second largest electric car market in 2023.\n")
+    (folder / "ev-charging.md").write_text(
+        "# Charging networks\n\nSource: Test Grid Report 2024\n\n"
+        "Public chargers for electric cars passed 4 million worldwide in 2023. "
+        "Fast chargers grew faster than slow chargers in 2023 across most markets.\n")
+    (folder / "tea.md").write_text(
+        "# Tea harvests\n\nSource: Test Tea Board\n\n"
+        "Tea harvests in the highlands depend on the monsoon rains each spring. "
+        "Green tea exports rose in 2022 according to the tea board.\n")
+    (folder / "data").mkdir()
+    (folder / "data" / "ev-sales.csv").write_text(EV_SALES)
+    return folder
+
+
 SUBMISSION = {
     "user_request": "A market analysis of electric vehicles for investors",
     "requirements": {"topic": "Electric Vehicle Market Analysis", "page_count": 2, "source_count": 3,

@@ -47,7 +47,8 @@ def test_default_pipeline_produces_a_cited_report(app, client):
     status = wait_for(lambda: finished(client, session_id))
 
     assert status["status"] == "completed", status["error"]
-    assert status["completed_tasks"] == ["planner", "data_collection", "writer", "reviewer", "publisher"]
+    assert status["completed_tasks"] == ["planner", "data_collection", "api_research", "analyst", "writer",
+                                         "reviewer", "publisher"]
     assert status["progress"] == 1.0 and status["current_agent"] is None
     assert status["report_url"] == f"/api/reports/{session_id}"
     report = client.get(status["report_url"]).get_json()
@@ -56,8 +57,8 @@ def test_default_pipeline_produces_a_cited_report(app, client):
     assert "[1]" in report["markdown"]
     assert len(report["sources"]) == SUBMISSION["requirements"]["source_count"]
     assert all(s["location"].startswith("library:") and len(s["content_hash"]) == 64 for s in report["sources"])
-    assert report["html"].startswith("<!doctype html>") and "<h2>References</h2>" in report["html"]
-    assert report["review"]["findings"]
+    assert report["downloads"]["pdf"] == f"/api/reports/{session_id}.pdf"
+    assert report["review"]["findings"] and report["tables"] and report["charts"]
 
 
 @pytest.mark.pipeline(FAST)
@@ -284,12 +285,15 @@ def test_status_document_renders_every_field_as_json(store):
     now = utcnow()
     row = dict(id="s", status="generating", user_request="r", requirements={"topic": "t"}, current_agent="writer",
                created_at=now - timedelta(seconds=5), updated_at=now, finished_at=None, error=None,
-               failed_step=None, cancel_requested=False, attempts=0)
+               failed_step=None, cancel_requested=False, attempts=0, progress_message="collected 2 of 3 sources",
+               status_fields={"review": {"passed": True}})
 
     doc = json.loads(store.render(row, ["planner", "data_collection"]))
 
     assert doc["progress"] == round(2 / len(store.step_names), 4)
     assert doc["started_at"].endswith("Z") and doc["report_url"] is None
+    assert doc["message"] == "collected 2 of 3 sources"
+    assert doc["review"] == {"passed": True}
 
 
 def test_a_killed_but_unreaped_process_counts_as_dead():

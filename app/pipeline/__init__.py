@@ -1,12 +1,13 @@
 """The agent pipeline: the contract every agent keeps, and loading agents from import paths.
 
 An agent is a small class with a `name` and `run(context) -> output`, where the output is
-JSON-serialisable (it is stored in the step's row). Agents are plain Python: nothing here
-knows about Flask or the database, so an agent runs and is tested on its own.
+JSON-serialisable (it is stored in the step's row), or a StepOutput that adds files (charts, a
+PDF) and fields for the status document. Agents are plain Python: nothing here knows about
+Flask or the database, so an agent runs and is tested on its own.
 """
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 class Agent(Protocol):
@@ -24,6 +25,23 @@ class Context:
     requirements: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)  # finished steps' outputs, by step name
     settings: dict[str, Any] = field(default_factory=dict)  # deployment settings (LIBRARY_DIR, ...)
+    # Tell the user how a long step is going ("collected 6 of 10 sources"); cheap to call often.
+    progress: Callable[[str], None] = lambda message: None
+    # The bytes of a file an earlier step stored (StepOutput.artifacts), by name.
+    artifact: Callable[[str], bytes] = lambda name: _no_artifacts(name)
+
+
+@dataclass
+class StepOutput:
+    """An agent's output with extras: files too large for the output, and public status fields."""
+
+    output: Any
+    artifacts: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # name -> (content type, data)
+    status: dict[str, Any] = field(default_factory=dict)  # merged into the session's status document
+
+
+def _no_artifacts(name: str) -> bytes:
+    raise KeyError(f"no artifact {name!r}: this context has no store")
 
 
 class PipelineError(ValueError):

@@ -1,54 +1,107 @@
-"""data_collection: picks up to source_count sources from the local library, ranked for the outline."""
+"""data_collection: up to source_count sources, from the URLs the request names and the local library.
+
+URLs the request names come first (the user asked for them), fetched through the SSRF guard
+in web.py; one that fails or is blocked is a skipped source with its reason, never a failed
+session. The rest are the library documents whose passages best match the outline (BM25 over
+FTS5). Every source keeps its title, location, retrieval time, content hash and the passages
+the writer may quote, so each citation can be traced back.
+"""
 from datetime import datetime, timezone
 
-from app.pipeline.library import library_folder, load_library
-from app.pipeline.text import BM25
+from app.pipeline.library import library_folder, library_index
+from app.pipeline.text import rank
 
 PASSAGES_PER_SOURCE = 8
+
+
+def outline_query(context) -> str:
+    """What the report is about: the topic (weighted), the request and the outline's questions."""
+    outline = context.outputs["planner"]
+    questions = " ".join(q for section in outline["sections"] for q in section["questions"])
+    topic = context.requirements["topic"]
+    return f"{topic} {topic} {context.user_request} {questions}"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class DataCollection:
     name = "data_collection"
 
     def run(self, context):
-        req = context.requirements
-        outline = context.outputs["planner"]
+        wanted = context.requirements["source_count"]
+        query = outline_query(context)
+        sources, skipped = self._from_urls(context, query, wanted)
         folder = library_folder(context.settings.get("LIBRARY_DIR"))
-        documents = load_library(folder)
-        questions = " ".join(q for s in outline["sections"] for q in s["questions"])
-        query = f"{req['topic']} {req['topic']} {context.user_request} {questions}"
+        index = library_index(folder)
+        documents = index.refresh()
+        context.progress(f"searching {len(documents)} library documents")
 
-        # Rank passages, then documents by their best passages: a long document with one
-        # relevant paragraph should not beat a short one about the topic.
-        passages = [(d, p) for d in documents for p in d.passages]
-        scores = BM25([p for _, p in passages]).scores(query) if passages else []
-        by_document: dict[str, list[tuple[float, str]]] = {}
-        for (document, passage), score in zip(passages, scores):
-            if score > 0:
-                by_document.setdefault(document.path, []).append((score, passage))
-        ranked = sorted(by_document.items(), key=lambda item: -sum(s for s, _ in sorted(item[1])[-3:]))
-        retrieved_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        documents_by_path = {d.path: d for d in documents}
-        sources = []
-        for path, scored in ranked[:req["source_count"]]:
-            document = documents_by_path[path]
-            best = sorted(scored, key=lambda sp: -sp[0])[:PASSAGES_PER_SOURCE]
+        # Documents ranked by their three best passages: one long document with a single relevant
+        # paragraph should not beat a short one about the topic.
+        best: dict[str, list[tuple[float, str]]] = {}
+        by_path = {}
+        for document, passage, score in index.search(query):
+            by_path[document.path] = document
+            best.setdefault(document.path, []).append((score, passage))
+        ranked = sorted(best, key=lambda path: -sum(score for score, _ in best[path][:3]))
+        for path in ranked[:max(0, wanted - len(sources))]:
+            document = by_path[path]
+            chosen = {passage for _, passage in best[path][:PASSAGES_PER_SOURCE]}
             sources.append({
-                "number": len(sources) + 1,
                 "title": document.title,
                 "location": f"library:{document.path}",
                 "publisher": document.source,
                 "published_retrieved": document.retrieved,
-                "retrieved_at": retrieved_at,
+                "retrieved_at": now_iso(),
                 "content_hash": document.content_hash,
-                "relevance": round(sum(s for s, _ in best[:3]), 3),
-                # Passages in document order, so quoted sentences keep their original sense.
-                "passages": [p for p in document.passages if p in {text for _, text in best}],
+                "relevance": round(sum(score for score, _ in best[path][:3]), 3),
+                # In document order, so quoted sentences keep their original sense.
+                "passages": [p for p in document.passages if p in chosen],
             })
+            context.progress(f"collected {len(sources)} of {wanted} sources")
+        for number, source in enumerate(sources, start=1):
+            source["number"] = number
         return {
             "library": str(folder),
             "documents_searched": len(documents),
-            "requested": req["source_count"],
+            "requested": wanted,
             "sources": sources,
-            "skipped": [],
+            "skipped": skipped,
         }
+
+    def _from_urls(self, context, query, wanted):
+        from app.pipeline.web import FetchRefused, extract_document, fetch
+
+        sources, skipped = [], []
+        urls = list(dict.fromkeys(context.requirements.get("urls") or []))
+        for position, url in enumerate(urls, start=1):
+            if len(sources) >= wanted:
+                skipped.append({"url": url, "reason": f"source_count ({wanted}) already reached"})
+                continue
+            context.progress(f"fetching URL {position} of {len(urls)}")
+            try:
+                fetched = fetch(url, timeout=float(context.settings.get("FETCH_TIMEOUT", 10)),
+                                max_bytes=int(context.settings.get("FETCH_MAX_BYTES", 2_000_000)),
+                                allow_private=bool(context.settings.get("ALLOW_PRIVATE_URLS", False)))
+                title, text = extract_document(fetched)
+            except FetchRefused as exc:
+                skipped.append({"url": url, "reason": exc.reason})
+                continue
+            paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if len(p.split()) >= 6]
+            if not paragraphs:
+                skipped.append({"url": url, "reason": "no readable text on the page"})
+                continue
+            chosen = {i for i, _ in rank(paragraphs, query, PASSAGES_PER_SOURCE)} or set(range(PASSAGES_PER_SOURCE))
+            sources.append({
+                "title": title or fetched.final_url,
+                "location": fetched.final_url,
+                "publisher": None,
+                "published_retrieved": None,
+                "retrieved_at": fetched.retrieved_at,
+                "content_hash": fetched.content_hash,
+                "relevance": None,
+                "passages": [p for i, p in enumerate(paragraphs) if i in chosen],
+            })
+        return sources, skipped

@@ -1,17 +1,23 @@
-"""The local document library: Markdown and plain-text files, split into passages.
+"""The local document library: Markdown, text, HTML and PDF files, indexed for BM25 search with FTS5.
 
-A document is a file under the library folder (README.md excepted). Its first `# ` heading is
-its title; optional `Source:` and `Retrieved:` lines name where its facts come from. Parsed
-documents are cached per process and re-read when a file's size or mtime changes.
+A document is a file under the library folder (README files and the data/ folder excepted). A
+Markdown or text file's first `# ` heading is its title; optional `Source:` and `Retrieved:`
+lines name where its facts come from. HTML goes through trafilatura, PDF through pypdf. Each
+process keeps one in-memory FTS5 index per folder and re-indexes a file when its size or
+modification time changes, so editing the library needs no restart.
 """
 import hashlib
+import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from app.pipeline.text import match_query, open_index
+
 SAMPLE_LIBRARY = Path(__file__).resolve().parent / "sample_library"
-SUFFIXES = (".md", ".markdown", ".txt")
+SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "markdown", ".html": "html", ".htm": "html",
+            ".pdf": "pdf"}
 
 
 @dataclass(frozen=True)
@@ -24,53 +30,133 @@ class Document:
     passages: tuple[str, ...]
 
 
-_cache: dict[Path, tuple[tuple, Document]] = {}
-_cache_lock = threading.Lock()
-
-
 def library_folder(setting: Optional[str]) -> Path:
     return Path(setting).expanduser().resolve() if setting else SAMPLE_LIBRARY
 
 
-def load_library(folder: Path) -> list[Document]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"document library {folder} does not exist (REPORTS_LIBRARY_DIR)")
-    documents = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
-        if path.name.lower() == "readme.md":
-            continue
-        stat = path.stat()
-        key = (stat.st_size, stat.st_mtime_ns)
-        with _cache_lock:
-            cached = _cache.get(path)
-        if cached is None or cached[0] != key:
-            cached = (key, parse_document(path.relative_to(folder).as_posix(), path.read_bytes()))
-            with _cache_lock:
-                _cache[path] = cached
-        documents.append(cached[1])
-    return documents
+class LibraryIndex:
+    """An FTS5 index of one folder's passages, refreshed from the files on every search."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._conn = open_index()
+        self._documents: dict[str, tuple[tuple, int, Document]] = {}  # path -> (stat key, doc number, doc)
+        self._next_number = 1
+
+    def refresh(self) -> list[Document]:
+        """Re-read new and changed files, forget removed ones; returns the library's documents."""
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"the document library {self.folder} does not exist: "
+                                    "set REPORTS_LIBRARY_DIR to a folder of Markdown, text, HTML or PDF files")
+        seen = set()
+        with self._lock:
+            for path in sorted(self.folder.rglob("*")):
+                relative = path.relative_to(self.folder).as_posix()
+                if (path.suffix.lower() not in SUFFIXES or not path.is_file() or relative.startswith("data/")
+                        or path.stem.lower() == "readme"):
+                    continue
+                seen.add(relative)
+                stat = path.stat()
+                key = (stat.st_size, stat.st_mtime_ns)
+                if relative in self._documents and self._documents[relative][0] == key:
+                    continue
+                self._forget(relative)
+                document = parse_document(relative, path.read_bytes())
+                number = self._next_number
+                self._next_number += 1
+                # rowid = document number * 100000 + passage position: the hit says where it came from.
+                self._conn.executemany("INSERT INTO texts(rowid, body) VALUES (?, ?)",
+                                       [(number * 100_000 + i, p) for i, p in enumerate(document.passages)])
+                self._documents[relative] = (key, number, document)
+            for relative in set(self._documents) - seen:
+                self._forget(relative)
+            return [doc for _, _, doc in sorted(self._documents.values(), key=lambda entry: entry[1])]
+
+    def search(self, query: str, limit: int = 1000) -> list[tuple[Document, str, float]]:
+        """Passages matching the query, best first: (document, passage, relevance)."""
+        expression = match_query(query)
+        if not expression:
+            return []
+        with self._lock:
+            by_number = {number: doc for _, number, doc in self._documents.values()}
+            rows = self._conn.execute("SELECT rowid, -bm25(texts) FROM texts WHERE texts MATCH ? "
+                                      "ORDER BY bm25(texts) LIMIT ?", (expression, limit)).fetchall()
+        hits = []
+        for rowid, score in rows:
+            document = by_number[rowid // 100_000]
+            hits.append((document, document.passages[rowid % 100_000], score))
+        return hits
+
+    def _forget(self, relative: str) -> None:
+        if relative in self._documents:
+            _, number, _ = self._documents.pop(relative)
+            self._conn.execute("DELETE FROM texts WHERE rowid >= ? AND rowid < ?",
+                               (number * 100_000, (number + 1) * 100_000))
+
+
+_indexes: dict[Path, LibraryIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def library_index(folder: Path) -> LibraryIndex:
+    """This process's index of a folder (created on first use)."""
+    with _indexes_lock:
+        if folder not in _indexes:
+            _indexes[folder] = LibraryIndex(folder)
+        return _indexes[folder]
 
 
 def parse_document(relative_path: str, raw: bytes) -> Document:
-    text = raw.decode("utf-8", errors="replace")
-    title, source, retrieved = None, None, None
-    paragraphs, current = [], []
+    kind = SUFFIXES[Path(relative_path).suffix.lower()]
+    if kind == "html":
+        title, text = html_text(raw)
+        source, retrieved = None, None
+    elif kind == "pdf":
+        title, text = pdf_text(raw)
+        source, retrieved = None, None
+    else:
+        title, source, retrieved, text = _markdown_parts(raw.decode("utf-8", errors="replace"))
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    fallback_title = Path(relative_path).stem.replace("-", " ").replace("_", " ").capitalize()
+    return Document(relative_path, title or fallback_title, source, retrieved, hashlib.sha256(raw).hexdigest(),
+                    tuple(p for p in paragraphs if len(p.split()) >= 6)[:99_999])
+
+
+def _markdown_parts(text: str) -> tuple[Optional[str], Optional[str], Optional[str], str]:
+    """Title, Source:, Retrieved: and the body as paragraphs separated by blank lines."""
+    title = source = retrieved = None
+    lines = []
     for line in text.splitlines():
         stripped = line.strip()
+        lowered = stripped.lower()
         if title is None and stripped.startswith("# "):
             title = stripped[2:].strip()
-        elif stripped.lower().startswith("source:") and source is None:
+        elif source is None and lowered.startswith("source:"):
             source = stripped.split(":", 1)[1].strip()
-        elif stripped.lower().startswith("retrieved:") and retrieved is None:
+        elif retrieved is None and lowered.startswith("retrieved:"):
             retrieved = stripped.split(":", 1)[1].strip()
-        elif not stripped or stripped.startswith("#"):
-            if current:
-                paragraphs.append(" ".join(current))
-                current = []
+        elif stripped.startswith("#"):
+            lines.append("")  # a heading ends a paragraph
         else:
-            current.append(stripped.lstrip("-* ").strip() if stripped[:2] in ("- ", "* ") else stripped)
-    if current:
-        paragraphs.append(" ".join(current))
-    fallback_title = Path(relative_path).stem.replace("-", " ").replace("_", " ").capitalize()
-    return Document(relative_path, title or fallback_title, source, retrieved,
-                    hashlib.sha256(raw).hexdigest(), tuple(p for p in paragraphs if len(p.split()) >= 6))
+            lines.append(stripped[2:] if stripped[:2] in ("- ", "* ") else stripped)
+    return title, source, retrieved, "\n".join(lines).replace("\n\n\n", "\n\n")
+
+
+def html_text(raw: bytes) -> tuple[Optional[str], str]:
+    """The main text of an HTML page (boilerplate dropped) and its title."""
+    import trafilatura
+
+    html = raw.decode("utf-8", errors="replace")
+    text = trafilatura.extract(html, include_comments=False, include_tables=False) or ""
+    metadata = trafilatura.extract_metadata(html)
+    return (metadata.title if metadata and metadata.title else None), text.replace("\n", "\n\n")
+
+
+def pdf_text(raw: bytes) -> tuple[Optional[str], str]:
+    """The text of a PDF, page by page, and its title from the document's metadata."""
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(raw))
+    title = reader.metadata.title if reader.metadata and reader.metadata.title else None
+    return title, "\n\n".join((page.extract_text() or "") for page in reader.pages)

@@ -29,6 +29,7 @@ SECTION_LIBRARY = [
      ["What growth is projected for {s}?", "Which trends will shape {s} over the next decade?",
       "What would change the outlook for {s}?"]),
 ]
+DATA_SECTION = "Market size and growth"
 # Sections kept for fewer-section reports: the essentials first.
 PRIORITY = [1, 0, 2, 6, 3, 4, 5]
 
@@ -57,6 +58,7 @@ class Planner:
             heading, purpose, questions = SECTION_LIBRARY[index]
             sections.append({
                 "heading": heading,
+                "holds_data": heading == DATA_SECTION,  # where the analyst's tables and charts go
                 "purpose": purpose.format(s=subject),
                 "questions": [q.format(s=subject) for q in questions[:QUESTIONS_BY_COMPLEXITY[complexity]]],
                 "word_budget": per_section,

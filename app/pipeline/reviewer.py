@@ -1,9 +1,14 @@
-"""reviewer: checks the draft against the requirements and records what it finds."""
+"""reviewer: checks the draft against the requirements and records what it finds.
+
+Its findings go to the status document (`review`) as well as to the end of the report.
+"""
 import re
 
+from app.pipeline import StepOutput
 from app.pipeline.text import word_count
 
 _CITATION = re.compile(r"\[(\d+)\]")
+_REFERENCE = re.compile(r"^(\d+)\. ", re.M)
 
 
 class Reviewer:
@@ -36,17 +41,23 @@ class Reviewer:
         finding("length", within, detail)
 
         cited = sorted({int(n) for n in _CITATION.findall(markdown)})
-        known = {s["number"] for s in sources}
-        finding("sources cited", len(cited) >= min(req["source_count"], len(known)) and bool(cited),
-                f"{len(cited)} distinct sources cited, {len(known)} collected, {req['source_count']} requested")
-        dangling = [n for n in cited if n not in known]
+        documents = [n for n in cited if n <= len(sources)]
+        detail = f"{len(documents)} distinct sources cited, {len(sources)} collected, {req['source_count']} requested"
+        if len(sources) < req["source_count"]:
+            detail += "; the library and URLs held no more relevant documents"
+        finding("sources cited", bool(documents) and len(documents) >= min(req["source_count"], len(sources)),
+                detail)
+        references = {int(n) for n in _REFERENCE.findall(markdown.split("## References", 1)[-1])}
+        dangling = [n for n in cited if n not in references]
         finding("citations resolve", not dangling,
                 "every [n] has a reference" if not dangling else f"no reference for {dangling}")
-        return {
-            "passed": all(f["ok"] for f in findings),
-            "findings": findings,
-            "word_count": word_count(markdown),
-        }
+
+        for item_id in draft.get("tables", []) + draft.get("charts", []):
+            label = item_id.replace("-", " ").capitalize()
+            finding(f"{label} referenced", f"{label} " in markdown.split("## References", 1)[0],
+                    "introduced in the text" if f"{label} " in markdown else "not mentioned in the text")
+        review = {"passed": all(f["ok"] for f in findings), "findings": findings, "word_count": word_count(markdown)}
+        return StepOutput(review, status={"review": review})
 
 
 def _sections(markdown: str) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Routes: POST /api/submit-requirements, GET /api/reports/<id>."""
-from flask import current_app, jsonify, request, url_for
+from flask import Response, current_app, jsonify, request, url_for
 from flask_smorest import Blueprint, abort
+from werkzeug.utils import secure_filename
 
 from app.extensions import db
 from app.models import ReportSession, Step
@@ -39,19 +40,65 @@ def submit_requirements(payload):
 @blp.alt_response(404, description="No such session, or no report stored for it")
 @blp.alt_response(409, description="The report is not ready yet")
 def get_report(session_id):
-    """The finished report: the output of the pipeline's last step."""
+    """The finished report: the output of the pipeline's last step, with download and chart URLs."""
+    completed_session(session_id)
+    last = db.session.execute(db.select(Step).where(Step.session_id == session_id)
+                              .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
+    if last is None:
+        abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
+    report = {"session_id": session_id}
+    report |= last.output if isinstance(last.output, dict) else {"report": last.output}
+    if isinstance(report.get("files"), dict):
+        report["downloads"] = {kind: url_for("reports.download_report", session_id=session_id, kind=kind)
+                               for kind in report["files"]}
+    for chart in report.get("charts") or []:
+        if isinstance(chart, dict) and "png" in chart:
+            chart["url"] = url_for("reports.get_chart", session_id=session_id, name=chart["png"])
+            chart["svg_url"] = url_for("reports.get_chart", session_id=session_id, name=chart["svg"])
+    # Returned as is, not dumped through ReportSchema: a custom pipeline's output keeps all its keys.
+    return jsonify(report)
+
+
+@blp.get("/reports/<session_id>.<any(md, html, pdf):kind>")
+@blp.doc(responses={"200": {"description": "The report file (text/markdown, text/html or application/pdf)"}})
+@blp.alt_response(404, description="No such session or file")
+@blp.alt_response(409, description="The report is not ready yet")
+def download_report(session_id, kind):
+    """The report as a Markdown, HTML or PDF file."""
+    session = completed_session(session_id)
+    content_type, data = stored_file(session_id, f"report.{kind}")
+    filename = f"{secure_filename(session.topic.lower().replace(' ', '-')) or 'report'}.{kind}"
+    return Response(data, content_type=content_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@blp.get("/reports/<session_id>/charts/<name>")
+@blp.doc(responses={"200": {"description": "A chart (image/png or image/svg+xml)"}})
+@blp.alt_response(404, description="No such session or chart")
+@blp.alt_response(409, description="The report is not ready yet")
+def get_chart(session_id, name):
+    """A chart of the report, at a stable URL."""
+    completed_session(session_id)
+    content_type, data = stored_file(session_id, name)
+    response = Response(data, content_type=content_type)
+    response.cache_control.max_age = 86400  # a finished report's charts never change
+    return response
+
+
+def completed_session(session_id) -> ReportSession:
     session = db.session.get(ReportSession, session_id)
     if session is None:
         abort(404, message=not_found_detail(session_id))
     if session.status != "completed":
         abort(409, message=f"Session '{session_id}' is {session.status}; the report is ready when it is completed.")
-    last = db.session.execute(db.select(Step).where(Step.session_id == session_id)
-                              .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
-    if last is None:
-        abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
-    output = last.output if isinstance(last.output, dict) else {"report": last.output}
-    # Returned as is, not dumped through ReportSchema: a custom pipeline's output keeps all its keys.
-    return jsonify({"session_id": session_id, **output})
+    return session
+
+
+def stored_file(session_id, name):
+    found = get_store(current_app).artifact(session_id, name)
+    if found is None:
+        abort(404, message=f"Session '{session_id}' has no file '{name}'.")
+    return found
 
 
 def not_found_detail(session_id: str) -> str:

@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 from app.models import utcnow
-from app.pipeline import Agent, Context
+from app.pipeline import Agent, Context, StepOutput
 from app.runner.store import Claim, StepResult, Store
 
 log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 1.0  # seconds between progress writes of one session
 
 
 def _process_start_time(pid: int) -> Optional[str]:
@@ -146,6 +148,27 @@ class Runner:
                 if expired:
                     log.info("runner %s: owner %s is dead; resuming its %d sessions", self.owner, owner, expired)
 
+    def _progress_reporter(self, session_id: str):
+        """context.progress: at most one status write a second, however often an agent reports."""
+        last_write = [0.0]
+
+        def report(message: str) -> None:
+            now = time.monotonic()
+            if now - last_write[0] >= PROGRESS_INTERVAL:
+                last_write[0] = now
+                self._safely(self.store.progress, session_id, self.owner, str(message)[:500])
+
+        return report
+
+    def _artifact_loader(self, session_id: str):
+        def load(name: str) -> bytes:
+            found = self.store.artifact(session_id, name)
+            if found is None:
+                raise KeyError(f"session {session_id} has no artifact {name!r}")
+            return found[1]
+
+        return load
+
     def _safely(self, fn, *args):
         try:
             return fn(*args)
@@ -162,7 +185,8 @@ class Runner:
         try:
             if claim.resumed:
                 log.info("resuming session %s after %s", sid, sorted(claim.outputs) or "no finished steps")
-            context = Context(sid, claim.user_request, claim.requirements, dict(claim.outputs), self.settings)
+            context = Context(sid, claim.user_request, claim.requirements, dict(claim.outputs), self.settings,
+                              progress=self._progress_reporter(sid), artifact=self._artifact_loader(sid))
             for agent in self.agents:
                 if agent.name in context.outputs:
                     continue
@@ -171,19 +195,21 @@ class Runner:
                     return
                 started_at = utcnow()
                 try:
-                    output = agent.run(context)
-                    json.dumps(output)  # stored as JSON: refuse what cannot be, here, with the step's name
+                    result = agent.run(context)
+                    step = result if isinstance(result, StepOutput) else StepOutput(result)
+                    json.dumps([step.output, step.status])  # stored as JSON: refuse what cannot be, here
                 except Exception as exc:
                     log.exception("session %s: step %s failed", sid, agent.name)
                     self.store.fail(sid, self.owner, agent.name, f"Step '{agent.name}' failed: "
                                     f"{type(exc).__name__}: {exc}")
                     return
-                result = self.store.commit_step(sid, self.owner, agent.name, output, started_at)
-                if result is not StepResult.CONTINUE:
-                    if result is StepResult.LOST:
+                outcome = self.store.commit_step(sid, self.owner, agent.name, step.output, started_at,
+                                                 artifacts=step.artifacts, status_fields=step.status)
+                if outcome is not StepResult.CONTINUE:
+                    if outcome is StepResult.LOST:
                         log.warning("session %s: lease lost after step %s; stopping here", sid, agent.name)
                     return
-                context.outputs[agent.name] = output
+                context.outputs[agent.name] = step.output
         except Exception:
             # A database error mid-session: hand the lease back so it resumes from its last commit.
             log.exception("session %s: runner error; handing the session back", sid)

@@ -22,10 +22,11 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import write_transaction
-from app.models import ACTIVE, FINISHED, ReportSession, Step, iso, utcnow
+from app.models import ACTIVE, FINISHED, Artifact, ReportSession, Step, iso, utcnow
 
 S = ReportSession.__table__
 T = Step.__table__
+A = Artifact.__table__
 
 
 class StepResult(enum.Enum):
@@ -69,6 +70,7 @@ class Store:
             "user_request": row["user_request"],
             "report_requirements": row["requirements"],
             "current_agent": row["current_agent"],
+            "message": row["progress_message"],
             "completed_tasks": completed,
             "progress": progress,
             "pipeline": self.step_names,
@@ -81,6 +83,7 @@ class Store:
             "attempts": row["attempts"],
             "report_url": f"/api/reports/{row['id']}" if row["status"] == "completed" else None,
         }
+        doc.update(row["status_fields"] or {})
         return json.dumps(doc, separators=(",", ":"))
 
     def _completed(self, conn: Connection, session_id: str) -> list[str]:
@@ -112,7 +115,8 @@ class Store:
         session_id = str(uuid.uuid4())
         now = utcnow()
         row = dict(id=session_id, status="queued", user_request=user_request, requirements=requirements,
-                   topic=requirements["topic"], current_agent=None, error=None, failed_step=None,
+                   topic=requirements["topic"], current_agent=None, progress_message=None, status_fields={},
+                   error=None, failed_step=None,
                    created_at=now, updated_at=now, finished_at=None, lease_owner=None,
                    lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
         with write_transaction(self.engine) as conn:
@@ -195,9 +199,10 @@ class Store:
                 return Claim(row["id"], row["user_request"], row["requirements"],
                              {name: output for name, output in steps}, resumed)
 
-    def commit_step(self, session_id: str, owner: str, name: str, output: Any,
-                    started_at: datetime) -> StepResult:
-        """Record a finished step and advance the session, in one transaction fenced on the lease."""
+    def commit_step(self, session_id: str, owner: str, name: str, output: Any, started_at: datetime,
+                    artifacts: Optional[dict[str, tuple[str, bytes]]] = None,
+                    status_fields: Optional[dict[str, Any]] = None) -> StepResult:
+        """Record a finished step (with its files) and advance the session: one transaction, fenced on the lease."""
         with write_transaction(self.engine) as conn:
             row = self._locked_row(conn, session_id)
             if row is None or row["lease_owner"] != owner:
@@ -206,6 +211,9 @@ class Store:
             now = utcnow()
             conn.execute(insert(T).values(session_id=session_id, name=name, position=position, output=output,
                                           started_at=started_at, finished_at=now))
+            for artifact_name, (content_type, data) in (artifacts or {}).items():
+                conn.execute(insert(A).values(session_id=session_id, step=name, name=artifact_name,
+                                              content_type=content_type, data=data, created_at=now))
             completed = self._completed(conn, session_id)
             pending = [n for n in self.step_names if n not in completed]
             if not pending:
@@ -219,10 +227,28 @@ class Store:
             else:
                 values = dict(current_agent=pending[0], lease_expires_at=self.clock() + self.lease_seconds)
                 result = StepResult.CONTINUE
+            values["progress_message"] = None
+            if status_fields:
+                values["status_fields"] = dict(row["status_fields"] or {}) | status_fields
             if not self._change(conn, row, completed, fence_owner=owner, updated_at=now, **values):
                 # Unreachable while the row is locked; if it ever happens, the raise rolls back the step row.
                 raise RuntimeError(f"fenced update of session {session_id} matched no row")
             return result
+
+    def progress(self, session_id: str, owner: str, message: str) -> bool:
+        """Show the running step's latest progress message (if this process still holds the session)."""
+        with write_transaction(self.engine) as conn:
+            row = self._locked_row(conn, session_id)
+            if row is None or row["lease_owner"] != owner or row["progress_message"] == message:
+                return False
+            return self._change(conn, row, fence_owner=owner, progress_message=message)
+
+    def artifact(self, session_id: str, name: str) -> Optional[tuple[str, bytes]]:
+        """(content type, data) of a file a step stored, or None."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(A.c.content_type, A.c.data)
+                                 .where(A.c.session_id == session_id, A.c.name == name)).first()
+        return (found[0], found[1]) if found else None
 
     def fail(self, session_id: str, owner: str, step: str, error: str) -> bool:
         """An agent raised: the session fails with the step and the reason (if we still hold it)."""
@@ -232,7 +258,7 @@ class Store:
                 return False
             return self._change(conn, row, fence_owner=owner, status="failed", error=error, failed_step=step,
                                 finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
-                                cancel_requested=False)
+                                cancel_requested=False, progress_message=None)
 
     def heartbeat(self, owner: str) -> int:
         """Extend every lease this process holds; returns how many it still holds."""
@@ -291,7 +317,8 @@ class Store:
                     skipped.append(session["id"])
                     continue
                 row = {k: v for k, v in session.items() if k != "completed_tasks"}
-                row |= dict(lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
+                row |= dict(lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False, version=1,
+                            progress_message=None, status_fields={})
                 conn.execute(insert(S).values(status_document=self.render(row, session["completed_tasks"]), **row))
                 imported.append(row["id"])
                 existing.add(row["id"])
