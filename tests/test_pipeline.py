@@ -189,3 +189,23 @@ def test_html_in_a_topic_is_shown_as_text(library):
 
     html = artifacts["report.html"][1].decode()
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_html_and_pdf_files_in_the_library_are_searchable(tmp_path):
+    from weasyprint import HTML
+
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>Heat pumps</title></head><body><nav>Home | Shop</nav><article>"
+        "<p>Heat pump sales in Europe rose by 40 percent in 2022 according to the test association.</p>"
+        "<p>Installers reported waiting lists of several months for heat pumps in 2022.</p></article></body></html>")
+    HTML(string="<title>Geothermal notes</title><p>Geothermal plants supplied steady baseload power "
+                "in Iceland throughout 2023 according to the test utility.</p>").write_pdf(tmp_path / "notes.pdf")
+    index = LibraryIndex(tmp_path)
+
+    documents = {d.path: d for d in index.refresh()}
+
+    assert documents["page.html"].title == "Heat pumps"
+    assert len(documents["page.html"].passages) == 2 and "Shop" not in " ".join(documents["page.html"].passages)
+    assert documents["notes.pdf"].title == "Geothermal notes"
+    assert index.search("geothermal baseload")[0][0].path == "notes.pdf"
+    assert index.search("installers waiting")[0][0].path == "page.html"

@@ -224,7 +224,9 @@ def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_repo
     second = None
     try:
         crashed = request("POST", f"{first.url}/api/submit-requirements", REQUEST).json()["session_id"]
-        wait_until(lambda: status(first.url, crashed)["current_agent"] == "writer", 60, "writer running")
+        log = tmp_path / "agents.log"
+        # The agent log, not the status: current_agent names the writer a moment before it starts.
+        wait_until(lambda: log.exists() and f"{crashed} writer" in log.read_text(), 60, "writer running")
         before = query(tmp_path / "app.db", "select name, output from steps where session_id = ? order by id",
                        (crashed,))
         first.kill()
@@ -240,7 +242,7 @@ def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_repo
         assert [name for name, _ in before] == ["planner", "data_collection", "api_research", "analyst"]
         assert after[:4] == before  # the finished steps were not run again
         assert done["attempts"] == 1 and done["completed_tasks"][4] == "writer"
-        writer_runs = [line for line in (tmp_path / "agents.log").read_text().splitlines()
+        writer_runs = [line for line in log.read_text().splitlines()
                        if line.split()[:2] == [crashed, "writer"]]
         assert len(writer_runs) == 2  # the interrupted run and the resumed one
 

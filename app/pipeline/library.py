@@ -7,17 +7,17 @@ process keeps one in-memory FTS5 index per folder and re-indexes a file when its
 modification time changes, so editing the library needs no restart.
 """
 import hashlib
-import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from app.pipeline.extract import Unreadable, extract_text
 from app.pipeline.text import match_query, open_index
 
 SAMPLE_LIBRARY = Path(__file__).resolve().parent / "sample_library"
-SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "markdown", ".html": "html", ".htm": "html",
-            ".pdf": "pdf"}
+SUFFIXES = {".md": "text/markdown", ".markdown": "text/markdown", ".txt": "text/markdown", ".html": "text/html",
+            ".htm": "text/html", ".pdf": "application/pdf"}
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,15 @@ def library_index(folder: Path) -> LibraryIndex:
 
 
 def parse_document(relative_path: str, raw: bytes) -> Document:
-    kind = SUFFIXES[Path(relative_path).suffix.lower()]
-    if kind == "html":
-        title, text = html_text(raw)
-        source, retrieved = None, None
-    elif kind == "pdf":
-        title, text = pdf_text(raw)
-        source, retrieved = None, None
-    else:
+    content_type = SUFFIXES[Path(relative_path).suffix.lower()]
+    source = retrieved = None
+    if content_type == "text/markdown":
         title, source, retrieved, text = _markdown_parts(raw.decode("utf-8", errors="replace"))
+    else:
+        try:
+            title, text = extract_text(raw, content_type, relative_path)
+        except Unreadable:
+            title, text = None, ""  # an empty or scanned file: a document with nothing to quote
     paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
     fallback_title = Path(relative_path).stem.replace("-", " ").replace("_", " ").capitalize()
     return Document(relative_path, title or fallback_title, source, retrieved, hashlib.sha256(raw).hexdigest(),
@@ -140,23 +140,4 @@ def _markdown_parts(text: str) -> tuple[Optional[str], Optional[str], Optional[s
             lines.append("")  # a heading ends a paragraph
         else:
             lines.append(stripped[2:] if stripped[:2] in ("- ", "* ") else stripped)
-    return title, source, retrieved, "\n".join(lines).replace("\n\n\n", "\n\n")
-
-
-def html_text(raw: bytes) -> tuple[Optional[str], str]:
-    """The main text of an HTML page (boilerplate dropped) and its title."""
-    import trafilatura
-
-    html = raw.decode("utf-8", errors="replace")
-    text = trafilatura.extract(html, include_comments=False, include_tables=False) or ""
-    metadata = trafilatura.extract_metadata(html)
-    return (metadata.title if metadata and metadata.title else None), text.replace("\n", "\n\n")
-
-
-def pdf_text(raw: bytes) -> tuple[Optional[str], str]:
-    """The text of a PDF, page by page, and its title from the document's metadata."""
-    from pypdf import PdfReader
-
-    reader = PdfReader(io.BytesIO(raw))
-    title = reader.metadata.title if reader.metadata and reader.metadata.title else None
-    return title, "\n\n".join((page.extract_text() or "") for page in reader.pages)
+    return title, source, retrieved, "\n".join(lines)

@@ -22,7 +22,6 @@ connect to whatever it resolves, undoing the pinning).
 """
 import hashlib
 import http.client
-import io
 import ipaddress
 import re
 import socket
@@ -39,6 +38,8 @@ import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_match_hostname import CertificateError
 
+from app.pipeline.extract import Unreadable, extract_text
+
 # Read at call time, so a test (or a deployment with a private CA) can point it elsewhere.
 CA_BUNDLE = certifi.where()
 USER_AGENT = "report-service/0.1 (fetches sources named in report requests)"
@@ -49,9 +50,6 @@ CHUNK = 64 * 1024
 # past max_bytes in memory); anything else would hand us bytes we cannot read.
 CONTENT_ENCODINGS = {"identity", "gzip", "x-gzip", "deflate"}
 
-HTML_TYPES = {"text/html", "application/xhtml+xml"}
-TEXT_TYPES = {"text/plain", "text/markdown", "text/x-markdown"}
-PDF_TYPE = "application/pdf"
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -437,72 +435,7 @@ def _describe(exc: Optional[BaseException]) -> str:
 
 def extract_document(fetched: Fetched) -> tuple[str, str]:
     """(title, main text) of a fetched web page, text file or PDF; FetchRefused for anything else."""
-    content_type = fetched.content_type
-    if content_type in HTML_TYPES:
-        title, text = _extract_html(fetched)
-    elif content_type in TEXT_TYPES:
-        text = _decode(fetched.body)
-        heading = re.search(r"^# +(.+?)\s*$", text, re.MULTILINE) if "markdown" in content_type else None
-        title = heading.group(1) if heading else fetched.final_url
-    elif content_type == PDF_TYPE:
-        title, text = _extract_pdf(fetched)
-    else:
-        raise FetchRefused(f"not a web page or text document ({content_type})")
-    if not text.strip():
-        raise FetchRefused(f"no readable text in {fetched.final_url}")
-    return title, text
-
-
-def _extract_html(fetched: Fetched) -> tuple[str, str]:
-    import trafilatura  # heavy import, only for pipelines that read the web
-    import lxml.html
-
-    # Decoded here rather than by trafilatura, which would also try to decompress the bytes.
-    html = _decode(fetched.body, html=True)
-    document = trafilatura.bare_extraction(html, url=fetched.final_url, with_metadata=True,
-                                           include_comments=False, include_tables=True)
-    title = document.title if document is not None else None
-    if not title:
-        try:
-            title = lxml.html.document_fromstring(html).findtext(".//title")
-        except (ValueError, lxml.etree.LxmlError):
-            title = None
-    title = " ".join((title or "").split()) or fetched.final_url
-    text = (document.text or "") if document is not None else ""
-    return title, text
-
-
-def _extract_pdf(fetched: Fetched) -> tuple[str, str]:
-    from pypdf import PdfReader
-
     try:
-        reader = PdfReader(io.BytesIO(fetched.body))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise FetchRefused("the PDF is password-protected")
-        title = (reader.metadata.title if reader.metadata else None) or ""
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except FetchRefused:
-        raise
-    except Exception as exc:  # pypdf raises many kinds of error on a damaged file
-        raise FetchRefused(f"not a readable PDF ({type(exc).__name__}: {exc})") from None
-    return " ".join(title.split()) or fetched.final_url, "\n\n".join(p.strip() for p in pages if p.strip())
-
-
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
-
-
-def _decode(body: bytes, html: bool = False) -> str:
-    """UTF-8 if it is (most of the web), else the charset a page declares, else Windows-1252."""
-    if body.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return body.decode("utf-16", errors="replace")
-    try:
-        return body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    declared = _META_CHARSET.search(body[:4096]) if html else None
-    if declared:
-        try:
-            return body.decode(declared.group(1).decode("ascii"))
-        except (LookupError, UnicodeDecodeError):
-            pass
-    return body.decode("cp1252", errors="replace")
+        return extract_text(fetched.body, fetched.content_type, fetched.final_url)
+    except Unreadable as exc:
+        raise FetchRefused(str(exc)) from None
