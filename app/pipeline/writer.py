@@ -114,7 +114,11 @@ class Composer:
             if words >= budget:
                 break
         chosen.sort(key=lambda i: (self.pool[i][0], i))  # grouped by source, in each source's order
-        return " ".join(_cite(self.pool[i][1], self.pool[i][0]) for i in chosen), {self.pool[i][0] for i in chosen}
+        paragraphs: dict[int, list[str]] = {}  # one paragraph per source
+        for i in chosen:
+            number, sentence = self.pool[i]
+            paragraphs.setdefault(number, []).append(_cite(sentence, number))
+        return "\n\n".join(" ".join(p) for p in paragraphs.values()), set(paragraphs)
 
     def passages_for(self, query: str, limit: int) -> list[tuple[int, str]]:
         return [self.passages[i] for i, _ in rank([text for _, text in self.passages], query, limit)]
