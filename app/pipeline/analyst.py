@@ -53,7 +53,7 @@ def analyse(dataset, dataset_number, tables_before):
         start, end = first[i], last[i]
         change = end - start
         cagr = ((end / start) ** (1 / periods) - 1) * 100 if start > 0 and end > 0 and periods > 0 else None
-        growth_rows.append([name, _round(start), _round(end), _round(change),
+        growth_rows.append([_label(name), _round(start), _round(end), _round(change),
                             f"{cagr:+.1f}%" if cagr is not None else "n/a"])
     tables = [{
         "id": f"table-{tables_before + 1}",
@@ -74,7 +74,7 @@ def analyse(dataset, dataset_number, tables_before):
             "dataset": dataset_number,
             "title": f"{dataset['title']}: shares in {last[0]}",
             "columns": ["Rank", "Series", f"{last[0]}{_unit(dataset)}", "Share of total"],
-            "rows": [[rank, name, _round(value), f"{value / total * 100:.1f}%"]
+            "rows": [[rank, _label(name), _round(value), f"{value / total * 100:.1f}%"]
                      for rank, (name, value) in enumerate(ranked, start=1)],
             "caption": (f"{dataset['title']} in {last[0]}, each series ranked by its share of the total "
                         f"({_round(total)}{_unit(dataset)}). {_source_note(dataset)}"),
@@ -91,7 +91,7 @@ def chart_of(dataset, dataset_number, number):
         "png": f"figure-{number}.png",
         "svg": f"figure-{number}.svg",
         "caption": (f"{dataset['title']}{_unit(dataset)}, {rows[0][0]} to {rows[-1][0]}, by "
-                    f"{', '.join(columns[1:])}. {_source_note(dataset)}"),
+                    f"{', '.join(map(_label, columns[1:]))}. {_source_note(dataset)}"),
     }
 
 
@@ -101,7 +101,7 @@ def render_chart(dataset) -> tuple[bytes, bytes]:
     figure = Figure(figsize=CHART_SIZE_INCHES, dpi=CHART_DPI)
     axes = figure.subplots()
     for i, name in enumerate(columns[1:], start=1):
-        axes.plot(xs, [row[i] for row in rows], marker="o", linewidth=2, label=name)
+        axes.plot(xs, [row[i] for row in rows], marker="o", linewidth=2, label=_label(name))
     axes.set_title(dataset["title"])
     axes.set_xlabel(columns[0])
     axes.set_ylabel(dataset["unit"] or "value")
@@ -121,6 +121,11 @@ def _periods(first_x, last_x, count) -> int:
     if isinstance(first_x, (int, float)) and isinstance(last_x, (int, float)):
         return int(last_x - first_x)
     return count - 1
+
+
+def _label(column: str) -> str:
+    """A column name as a reader sees it: "average_pack_price" -> "average pack price"."""
+    return column.replace("_", " ")
 
 
 def _round(value):
