@@ -255,3 +255,20 @@ def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_repo
         for server in (first, second):
             if server is not None:
                 server.kill()
+
+
+def test_a_missing_library_fails_the_step_with_what_to_do_and_retry_resumes_there(app, client, library):
+    app.config["LIBRARY_DIR"] = str(library.parent / "moved-away")
+    start_runner(app)
+    session_id = client.post("/api/submit-requirements", json=REQUEST).get_json()["session_id"]
+    status = wait_for(lambda: finished(client, session_id))
+    assert status["status"] == "failed" and status["failed_step"] == "data_collection"
+    assert "REPORTS_LIBRARY_DIR" in status["error"] and status["completed_tasks"] == ["planner"]
+
+    app.extensions["report_runner"].settings["LIBRARY_DIR"] = str(library)  # the operator fixes it
+    client.post(f"/api/sessions/{session_id}/retry")
+    status = wait_for(lambda: finished(client, session_id))
+
+    assert status["status"] == "completed"
+    assert status["completed_tasks"][0] == "planner" and status["attempts"] == 0
+    assert step_output(app, session_id, "data_collection")["sources"]
