@@ -83,7 +83,8 @@ class Store:
             "attempts": row["attempts"],
             "report_url": f"/api/reports/{row['id']}" if row["status"] == "completed" else None,
         }
-        doc.update(row["status_fields"] or {})
+        for key, value in (row["status_fields"] or {}).items():
+            doc.setdefault(key, value)  # a step adds fields; it cannot overwrite the session's own
         return json.dumps(doc, separators=(",", ":"))
 
     def _completed(self, conn: Connection, session_id: str) -> list[str]:
