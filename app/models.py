@@ -87,6 +87,19 @@ class ReportSession(db.Model):
     )
 
 
+class SessionCount(db.Model):
+    """How many sessions have each status, kept in the transaction of every change.
+
+    GET /api/sessions reports a total with every page, and the 404 detail names one too;
+    counting a million rows for each would cost more than the page itself.
+    """
+
+    __tablename__ = "session_counts"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sessions: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Step(db.Model):
     __tablename__ = "steps"
 

@@ -16,12 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import flask_migrate  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import insert, update  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.database import write_transaction  # noqa: E402
 from app.extensions import db  # noqa: E402
-from app.models import ReportSession, utcnow  # noqa: E402
+from app.models import ReportSession, SessionCount, utcnow  # noqa: E402
 
 STEPS = [f"s{i}" for i in range(10)]
 
@@ -49,6 +49,8 @@ def fill(store, count):
     with write_transaction(store.engine) as conn:
         for start in range(0, len(rows), 5000):
             conn.execute(insert(ReportSession.__table__), rows[start:start + 5000])
+        conn.execute(update(SessionCount.__table__).where(SessionCount.status == "completed")
+                     .values(sessions=SessionCount.sessions + count))
 
 
 def measure(store, commits):

@@ -86,12 +86,12 @@ def test_db_upgrade_on_an_empty_file_creates_the_tables_and_indexes_of_the_model
         indexes = {name: table for name, table in conn.execute(
             "select name, tbl_name from sqlite_master where type = 'index' and name not like 'sqlite_%'")}
         revision = conn.execute("select version_num from alembic_version").fetchall()
-    assert {"sessions", "steps", "alembic_version"} <= tables
+    assert {"sessions", "steps", "artifacts", "session_counts", "alembic_version"} <= tables
     expected = {index.name for index in ReportSession.__table__.indexes}
     assert expected == {"ix_sessions_newest", "ix_sessions_status_newest", "ix_sessions_status_updated",
                         "ix_sessions_lease_owner"}
     assert {name: "sessions" for name in expected}.items() <= indexes.items()
-    assert revision == [("0001",)]
+    assert revision == [("0002",)]  # the newest revision
 
 
 def test_db_check_after_upgrade_finds_nothing_to_generate(tmp_path):
@@ -191,3 +191,21 @@ def test_flask_shell_uses_the_bundled_sqlite_and_exits_promptly(db_path):
     assert "report-runner" not in report["THREADS"]
     assert "Traceback" not in stdout + stderr
     assert elapsed < 15
+
+
+def test_upgrading_a_populated_database_fills_the_status_counts(tmp_path):
+    """0002 adds session_counts and counts the sessions already there."""
+    db_path = tmp_path / "old.db"
+    assert run(["flask", "--app", "wsgi", "db", "upgrade", "0001"], db_path)[0] == 0
+    with sqlite3.connect(db_path) as conn:
+        for i, status in enumerate(["completed", "completed", "failed", "queued"]):
+            conn.execute("INSERT INTO sessions (id, status, user_request, requirements, topic, status_fields, "
+                         "created_at, updated_at, attempts, cancel_requested, version, status_document) "
+                         "VALUES (?, ?, 'r', '{}', 't', '{}', '2026-01-01', '2026-01-01', 0, 0, 1, '{}')",
+                         (str(i), status))
+
+    assert run(["flask", "--app", "wsgi", "db", "upgrade"], db_path)[0] == 0
+
+    with sqlite3.connect(db_path) as conn:
+        counts = dict(conn.execute("SELECT status, sessions FROM session_counts").fetchall())
+    assert counts == {"queued": 1, "generating": 0, "completed": 2, "failed": 1, "cancelled": 0}

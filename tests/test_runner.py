@@ -310,3 +310,28 @@ def test_a_killed_but_unreaped_process_counts_as_dead():
 
     assert owner_is_dead(owner)
     child.wait()
+
+
+@pytest.mark.pipeline(FAST)
+def test_status_counts_follow_every_kind_of_change(app, store, client, cli, tmp_path):
+    """The counts behind total_sessions move in the same transaction as the rows they count."""
+    from sqlalchemy import func
+
+    ids = [client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"] for _ in range(6)]
+    store.claim("w")                                                                     # queued -> generating
+    store.commit_step(ids[0], "w", "first", {}, utcnow())
+    store.fail(ids[0], "w", "second", "boom")                                            # -> failed
+    client.post(f"/api/sessions/{ids[1]}/cancel")                                         # -> cancelled
+    client.post(f"/api/sessions/{ids[1]}/retry")                                          # -> queued
+    client.post(f"/api/sessions/{ids[2]}/cancel")
+    client.delete(f"/api/sessions/{ids[3]}")                                              # gone
+    claim = store.claim("w")
+    for name in ("first", "second", "third"):
+        store.commit_step(claim.session_id, "w", name, {}, utcnow())                     # -> completed
+    cli.invoke(args=["sessions", "cleanup", "--days", "0"])                              # finished ones gone
+
+    with app.app_context():
+        actual = dict(db.session.execute(select(ReportSession.status, func.count())
+                                         .group_by(ReportSession.status)).all())
+    assert store.counts() == {status: actual.get(status, 0) for status in store.counts()}
+    assert client.get("/api/sessions").get_json()["total_sessions"] == sum(actual.values()) == 2

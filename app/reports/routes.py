@@ -102,5 +102,5 @@ def stored_file(session_id, name):
 
 
 def not_found_detail(session_id: str) -> str:
-    total = db.session.execute(db.select(db.func.count()).select_from(ReportSession)).scalar_one()
+    total = sum(get_store(current_app).counts().values())
     return f"Session '{session_id}' not found. Available sessions: {total}"

@@ -9,9 +9,11 @@ The invariants, in one place:
 - Every visible state change re-renders the session's status document and bumps `version`,
   in the same transaction; the status endpoint only ever reads those two columns.
 - `attempts` counts resumes after a lost lease (a crash); past `max_attempts` the session fails.
+- `session_counts` moves with every status change, insert and delete, in the same transaction.
 """
 import enum
 import json
+from collections import Counter
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,11 +24,12 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import write_transaction
-from app.models import ACTIVE, FINISHED, Artifact, ReportSession, Step, iso, utcnow
+from app.models import ACTIVE, FINISHED, STATUSES, Artifact, ReportSession, SessionCount, Step, iso, utcnow
 
 S = ReportSession.__table__
 T = Step.__table__
 A = Artifact.__table__
+C = SessionCount.__table__
 
 
 class StepResult(enum.Enum):
@@ -108,7 +111,21 @@ class Store:
             stmt = stmt.where(S.c.lease_owner == fence_owner)
         result = conn.execute(stmt.values(version=S.c.version + 1,
                                           status_document=self.render(merged, completed), **values))
+        if result.rowcount == 1 and merged["status"] != row["status"]:
+            self._count(conn, {row["status"]: -1, merged["status"]: 1})
         return result.rowcount == 1
+
+    def _count(self, conn: Connection, deltas: dict[str, int]) -> None:
+        for status, delta in deltas.items():
+            if delta and not conn.execute(update(C).where(C.c.status == status)
+                                          .values(sessions=C.c.sessions + delta)).rowcount:
+                conn.execute(insert(C).values(status=status, sessions=delta))
+
+    def counts(self) -> dict[str, int]:
+        """Sessions by status, without counting rows."""
+        with self.engine.connect() as conn:
+            found = dict(conn.execute(select(C.c.status, C.c.sessions)).all())
+        return {status: found.get(status, 0) for status in STATUSES}
 
     # -- web: submit, cancel, retry, delete --------------------------------------------------
 
@@ -122,6 +139,7 @@ class Store:
                    lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
         with write_transaction(self.engine) as conn:
             conn.execute(insert(S).values(status_document=self.render(row, []), **row))
+            self._count(conn, {"queued": 1})
         return session_id
 
     def cancel(self, session_id: str) -> Optional[str]:
@@ -161,7 +179,10 @@ class Store:
     def delete(self, session_id: str) -> bool:
         """Remove a session and its steps. A process still running it finds its lease gone and stops."""
         with write_transaction(self.engine) as conn:
-            return conn.execute(delete(S).where(S.c.id == session_id)).rowcount == 1
+            status = conn.execute(delete(S).where(S.c.id == session_id).returning(S.c.status)).scalar()
+            if status is not None:
+                self._count(conn, {status: -1})
+            return status is not None
 
     # -- runner: claim, commit, heartbeat, release --------------------------------------------
 
@@ -300,7 +321,10 @@ class Store:
             with write_transaction(self.engine) as conn:
                 ids = conn.execute(select(S.c.id).where(*old).limit(batch_size)).scalars().all()
                 if ids:
-                    removed += conn.execute(delete(S).where(S.c.id.in_(ids), *old)).rowcount
+                    statuses = conn.execute(delete(S).where(S.c.id.in_(ids), *old).returning(S.c.status)).scalars()
+                    gone = Counter(statuses)
+                    self._count(conn, {status: -n for status, n in gone.items()})
+                    removed += sum(gone.values())
             if len(ids) < batch_size:
                 return removed
 
@@ -321,6 +345,7 @@ class Store:
                 row |= dict(lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False, version=1,
                             progress_message=None, status_fields={})
                 conn.execute(insert(S).values(status_document=self.render(row, session["completed_tasks"]), **row))
+                self._count(conn, {row["status"]: 1})
                 imported.append(row["id"])
                 existing.add(row["id"])
         return imported, skipped

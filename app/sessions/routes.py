@@ -6,7 +6,7 @@ from datetime import datetime
 
 from flask import Response, current_app, request
 from flask_smorest import Blueprint, abort
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import select, tuple_
 
 from app.extensions import db
 from app.models import ReportSession
@@ -47,7 +47,8 @@ def list_sessions(args):
     limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
     S = ReportSession
     where = [S.status == args["status"]] if "status" in args else []
-    total = db.session.execute(select(func.count()).select_from(S).where(*where)).scalar_one()
+    counts = get_store(current_app).counts()
+    total = counts[args["status"]] if "status" in args else sum(counts.values())
     query = select(S.id, S.status, S.topic, S.current_agent, S.created_at, S.updated_at).where(*where)
     if "cursor" in args:
         created_at, session_id = decode_cursor(args["cursor"])
