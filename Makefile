@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
 
-.PHONY: install system-libraries run dev test bench lint clean
+.PHONY: install system-libraries browser run dev test bench lint clean
 
 install: $(STAMP) system-libraries
 
@@ -22,6 +22,17 @@ system-libraries:
 	    apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 \
 	      fonts-dejavu-core >/dev/null; \
 	  else echo "Missing system libraries for PDF rendering:$$missing (install Pango and HarfBuzz)"; exit 1; fi; \
+	fi
+
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright; Playwright's
+# own browser download is not used. Without apt-get this only says so, and those tests skip.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "Installing Chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "No $(CHROMIUM) and no apt-get: install Chromium by hand, or the browser tests will be skipped"; fi; \
 	fi
 
 # Re-install only when the dependency list changes; the package itself is editable.
@@ -40,7 +51,7 @@ dev: install
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/python wsgi.py --host $(HOST) --port $(PORT)
 
-test: install
+test: install browser
 	$(BIN)/pytest
 
 # Step-commit cost at 100 and 100,000 stored sessions (issue #6 grows this into the full bench).

@@ -65,10 +65,24 @@ function render(next) {
   show($("retry"), doc.status === "failed" || doc.status === "cancelled");
   const completed = doc.status === "completed";
   show($("report"), completed);
-  if (completed && (!before || before.status !== "completed" || !$("report-frame").getAttribute("src"))) {
-    $("report-frame").src = `/sessions/${encodeURIComponent(sessionId)}/report`;
-  }
+  if (completed && (!before || before.status !== "completed")) showReport();
   tick();
+}
+
+async function showReport() {
+  // The report's files depend on the pipeline: show what this one made (a custom one may make no HTML).
+  let downloads = {};
+  try {
+    const response = await fetch(`/api/reports/${encodeURIComponent(sessionId)}`, { headers: { Accept: "application/json" } });
+    downloads = response.ok ? (await response.json()).downloads || {} : {};
+  } catch (error) {
+    downloads = {};
+  }
+  for (const kind of ["md", "html", "pdf"]) show($(`download-${kind}`), Boolean(downloads[kind]));
+  show($("downloads"), Object.keys(downloads).length > 0);
+  show($("report-frame"), Boolean(downloads.html));
+  show($("no-report-file"), !downloads.html);
+  if (downloads.html) $("report-frame").src = `/sessions/${encodeURIComponent(sessionId)}/report`;
 }
 
 function tick() {
