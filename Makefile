@@ -54,9 +54,10 @@ dev: install
 test: install browser
 	$(BIN)/pytest
 
-# Step-commit cost at 100 and 100,000 stored sessions (issue #6 grows this into the full bench).
+# Benchmarks, each against a baseline measured in the same run; writes docs/benchmarks.md.
+# make bench ONLY=status_poll,step_commit runs some of them (and leaves docs/ alone).
 bench: install
-	$(BIN)/python bench/step_commit.py
+	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
 lint: install
 	$(BIN)/flake8 app tests wsgi.py gunicorn.conf.py

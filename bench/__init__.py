@@ -1,0 +1,1 @@
+"""Benchmarks: make bench runs them all (python -m bench), each a ratio against a baseline in the same run."""
