@@ -45,6 +45,13 @@ _CHANGE = (update(S)
                    status_document=bindparam("new_status_document", type_=S.c.status_document.type),
                    **{c: bindparam(f"new_{c}", type_=S.c[c].type) for c in _MUTABLE}))
 _COUNT = update(C).where(C.c.status == bindparam("count_status")).values(sessions=C.c.sessions + bindparam("delta"))
+# The oldest runnable session: queued, handed back, or with an expired lease.
+_RUNNABLE = (select(S).where(S.c.status.in_(ACTIVE),
+                             or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
+             .order_by(S.c.created_at).limit(1))
+_ANY_RUNNABLE = _RUNNABLE.with_only_columns(S.c.id)
+_CLAIMABLE = _RUNNABLE.with_for_update(skip_locked=True)
+_STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _INSERT_STEP = insert(T)
 _INSERT_ARTIFACT = insert(A)
 
@@ -203,15 +210,16 @@ class Store:
         """Take the oldest runnable session: queued, handed back, or with an expired lease."""
         while True:
             now = self.clock()
-            with write_transaction(self.engine) as conn:
-                row = conn.execute(
-                    select(S).where(S.c.status.in_(ACTIVE),
-                                    or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < now))
-                    .order_by(S.c.created_at).limit(1).with_for_update(skip_locked=True)).mappings().first()
-                if row is None:
+            # Look before taking the write lock: an idle process asks every second, and most of the
+            # time there is nothing to claim.
+            with self.engine.connect() as conn:
+                if conn.execute(_ANY_RUNNABLE, {"now": now}).first() is None:
                     return None
-                steps = conn.execute(select(T.c.name, T.c.output).where(T.c.session_id == row["id"])
-                                     .order_by(T.c.position, T.c.id)).all()
+            with write_transaction(self.engine) as conn:
+                row = conn.execute(_CLAIMABLE, {"now": now}).mappings().first()
+                if row is None:
+                    return None  # another process was quicker
+                steps = conn.execute(_STEPS, {"session_id": row["id"]}).all()
                 completed = [name for name, _ in steps]
                 resumed = row["lease_owner"] is not None  # its last owner died or stalled mid-run
                 attempts = row["attempts"] + int(resumed)
