@@ -335,3 +335,22 @@ def test_status_counts_follow_every_kind_of_change(app, store, client, cli, tmp_
                                          .group_by(ReportSession.status)).all())
     assert store.counts() == {status: actual.get(status, 0) for status in store.counts()}
     assert client.get("/api/sessions").get_json()["total_sessions"] == sum(actual.values()) == 2
+
+
+def test_compiled_statements_read_and_write_what_sqlalchemy_does(app, store, client):
+    """The step-commit path bypasses SQLAlchemy's execution layer, not its types: same values either way."""
+    from app.runner.compiled import CompiledStatement
+    from app.runner.store import _ROW
+
+    session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
+    store.claim("w")
+    store.commit_step(session_id, "w", store.step_names[0], {"nested": [1, "two", None]}, utcnow())
+    with app.app_context(), db.engine.connect() as conn:
+        expected = dict(conn.execute(_ROW, {"session_id": session_id}).mappings().first())
+        found = CompiledStatement(_ROW, db.engine.dialect).first(conn, {"session_id": session_id})
+        step = db.session.execute(select(Step).filter_by(session_id=session_id)).scalar_one()
+
+    assert found == expected
+    assert found["requirements"] == SUBMISSION["requirements"] and found["created_at"].tzinfo is not None
+    assert found["cancel_requested"] is False and found["lease_owner"] == "w"
+    assert step.output == {"nested": [1, "two", None]} and step.started_at.tzinfo is not None

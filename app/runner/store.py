@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import write_transaction
+from app.runner.compiled import CompiledStatement
 from app.models import ACTIVE, FINISHED, STATUSES, Artifact, ReportSession, SessionCount, Step, iso, utcnow
 
 S = ReportSession.__table__
@@ -53,6 +54,7 @@ _ANY_RUNNABLE = _RUNNABLE.with_only_columns(S.c.id)
 _CLAIMABLE = _RUNNABLE.with_for_update(skip_locked=True)
 _STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _INSERT_STEP = insert(T)
+_STEP_COLUMNS = ["session_id", "name", "position", "output", "started_at", "finished_at"]
 _INSERT_ARTIFACT = insert(A)
 
 
@@ -80,6 +82,12 @@ class Store:
     def __init__(self, engine: Engine, step_names: list[str], lease_seconds: float, max_attempts: int,
                  clock: Callable[[], float] = time.time):
         self.engine = engine
+        dialect = engine.dialect
+        self._row = CompiledStatement(_ROW, dialect)
+        self._completed_names = CompiledStatement(_COMPLETED, dialect)
+        self._change_row = CompiledStatement(_CHANGE, dialect)
+        self._count_move = CompiledStatement(_COUNT, dialect)
+        self._insert_step = CompiledStatement(_INSERT_STEP, dialect, column_keys=_STEP_COLUMNS)
         self.step_names = list(step_names)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
@@ -115,10 +123,10 @@ class Store:
         return json.dumps(doc, separators=(",", ":"))
 
     def _completed(self, conn: Connection, session_id: str) -> list[str]:
-        return list(conn.execute(_COMPLETED, {"session_id": session_id}).scalars())
+        return self._completed_names.scalars(conn, {"session_id": session_id})
 
     def _locked_row(self, conn: Connection, session_id: str):
-        return conn.execute(_ROW, {"session_id": session_id}).mappings().first()
+        return self._row.first(conn, {"session_id": session_id})
 
     def _change(self, conn: Connection, row, completed: Optional[list[str]] = None, fence_owner=None, **values):
         """Apply a visible change to a locked row: new values, re-rendered document, version + 1.
@@ -131,14 +139,14 @@ class Store:
             completed = self._completed(conn, row["id"])
         params = {f"new_{c}": merged[c] for c in _MUTABLE}
         params |= {"session_id": row["id"], "fence": fence_owner, "new_status_document": self.render(merged, completed)}
-        changed = conn.execute(_CHANGE, params).rowcount == 1
+        changed = self._change_row.rowcount(conn, params) == 1
         if changed and merged["status"] != row["status"]:
             self._count(conn, {row["status"]: -1, merged["status"]: 1})
         return changed
 
     def _count(self, conn: Connection, deltas: dict[str, int]) -> None:
         for status, delta in deltas.items():
-            if delta and not conn.execute(_COUNT, {"count_status": status, "delta": delta}).rowcount:
+            if delta and not self._count_move.rowcount(conn, {"count_status": status, "delta": delta}):
                 conn.execute(insert(C).values(status=status, sessions=delta))
 
     def counts(self) -> dict[str, int]:
@@ -252,8 +260,8 @@ class Store:
                 return StepResult.LOST
             position = self.step_names.index(name)
             now = utcnow()
-            conn.execute(_INSERT_STEP, {"session_id": session_id, "name": name, "position": position, "output": output,
-                                        "started_at": started_at, "finished_at": now})
+            self._insert_step.execute(conn, {"session_id": session_id, "name": name, "position": position,
+                                             "output": output, "started_at": started_at, "finished_at": now})
             for artifact_name, (content_type, data) in (artifacts or {}).items():
                 conn.execute(_INSERT_ARTIFACT, {"session_id": session_id, "step": name, "name": artifact_name,
                                                 "content_type": content_type, "data": data, "created_at": now})
