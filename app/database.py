@@ -65,7 +65,8 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
         # A write transaction takes the write lock up front: a deferred one that read first and
         # then tried to write would fail with SQLITE_BUSY instead of waiting its turn.
         immediate = conn.get_execution_options().get("report_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight to the driver: SQLAlchemy's execution layer would cost more than the BEGIN itself.
+        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 @contextmanager
