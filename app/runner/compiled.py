@@ -37,8 +37,12 @@ class CompiledStatement:
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Optional[dict[str, Any]]:
         row = self.execute(conn, params).fetchone()
-        if row is None:
-            return None
+        return self._mapping(row) if row is not None else None
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self._mapping(row) for row in self.execute(conn, params).fetchall()]
+
+    def _mapping(self, row) -> dict[str, Any]:
         return {key: (process(value) if process else value)
                 for key, process, value in zip(self.keys, self.result_processors, row)}
 

@@ -46,12 +46,14 @@ _CHANGE = (update(S)
                    status_document=bindparam("new_status_document", type_=S.c.status_document.type),
                    **{c: bindparam(f"new_{c}", type_=S.c[c].type) for c in _MUTABLE}))
 _COUNT = update(C).where(C.c.status == bindparam("count_status")).values(sessions=C.c.sessions + bindparam("delta"))
-# The oldest runnable session: queued, handed back, or with an expired lease.
-_RUNNABLE = (select(S).where(S.c.status.in_(ACTIVE),
+# The oldest runnable session of each active status: queued, or generating but handed back or with
+# an expired lease. One query per status, so each walks ix_sessions_status_newest in order and stops
+# at the first match; a single `status IN (...)` query sorted every active row (3.5 ms at 5,000).
+_RUNNABLE = [select(S).where(S.c.status == status,
                              or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
-             .order_by(S.c.created_at).limit(1))
-_ANY_RUNNABLE = _RUNNABLE.with_only_columns(S.c.id)
-_CLAIMABLE = _RUNNABLE.with_for_update(skip_locked=True)
+             .order_by(S.c.created_at, S.c.id).limit(1) for status in ACTIVE]
+_PEEK = [query.with_only_columns(S.c.id) for query in _RUNNABLE]
+_TAKE = [query.with_for_update(skip_locked=True) for query in _RUNNABLE]
 _STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _INSERT_STEP = insert(T)
 _STEP_COLUMNS = ["session_id", "name", "position", "output", "started_at", "finished_at"]
@@ -88,6 +90,9 @@ class Store:
         self._change_row = CompiledStatement(_CHANGE, dialect)
         self._count_move = CompiledStatement(_COUNT, dialect)
         self._insert_step = CompiledStatement(_INSERT_STEP, dialect, column_keys=_STEP_COLUMNS)
+        self._peek = [CompiledStatement(query, dialect) for query in _PEEK]
+        self._take = [CompiledStatement(query, dialect) for query in _TAKE]
+        self._steps = CompiledStatement(_STEPS, dialect)
         self.step_names = list(step_names)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
@@ -221,13 +226,15 @@ class Store:
             # Look before taking the write lock: an idle process asks every second, and most of the
             # time there is nothing to claim.
             with self.engine.connect() as conn:
-                if conn.execute(_ANY_RUNNABLE, {"now": now}).first() is None:
+                if all(peek.first(conn, {"now": now}) is None for peek in self._peek):
                     return None
             with write_transaction(self.engine) as conn:
-                row = conn.execute(_CLAIMABLE, {"now": now}).mappings().first()
-                if row is None:
+                found = [take.first(conn, {"now": now}) for take in self._take]
+                found = [row for row in found if row is not None]
+                if not found:
                     return None  # another process was quicker
-                steps = conn.execute(_STEPS, {"session_id": row["id"]}).all()
+                row = min(found, key=lambda r: (r["created_at"], r["id"]))
+                steps = [(r["name"], r["output"]) for r in self._steps.all(conn, {"session_id": row["id"]})]
                 completed = [name for name, _ in steps]
                 resumed = row["lease_owner"] is not None  # its last owner died or stalled mid-run
                 attempts = row["attempts"] + int(resumed)
