@@ -109,7 +109,7 @@ def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2")):
                 f"WITH RECURSIVE n(i, h) AS (SELECT 1, hex(randomblob(16)) "
                 f"UNION ALL SELECT i + 1, hex(randomblob(16)) FROM n WHERE i < :copies) "
                 f"INSERT INTO sessions (id, created_at, {', '.join(columns)}) "
-                f"SELECT {uuid_sql}, datetime(t.created_at, '-' || (:copies - i + 1) || ' seconds'), "
+                f"SELECT {uuid_sql}, datetime(t.created_at, '-' || (:copies - i + 1) || ' seconds') || '.000000', "
                 f"{', '.join('t.' + c for c in columns)} "
                 f"FROM n, sessions AS t WHERE t.id = :template"
             ), {"copies": count - 1, "template": template["id"]})

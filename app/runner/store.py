@@ -355,9 +355,12 @@ class Store:
         removed = 0
         while True:
             with write_transaction(self.engine) as conn:
-                ids = conn.execute(select(S.c.id).where(*old).limit(batch_size)).scalars().all()
+                ids = conn.execute(select(S.c.id).where(*old).limit(batch_size).with_for_update(skip_locked=True)
+                                   ).scalars().all()
                 if ids:
-                    statuses = conn.execute(delete(S).where(S.c.id.in_(ids), *old).returning(S.c.status)).scalars()
+                    # By id alone: the rows are locked (or the write lock held) since the select, and adding
+                    # the age condition made SQLite walk the whole status index for every batch.
+                    statuses = conn.execute(delete(S).where(S.c.id.in_(ids)).returning(S.c.status)).scalars()
                     gone = Counter(statuses)
                     self._count(conn, {status: -n for status, n in gone.items()})
                     removed += sum(gone.values())
