@@ -91,6 +91,7 @@ def register_blueprints(app: Flask) -> None:
     from app.reports.routes import blp as reports_blp
     from app.sessions.routes import blp as sessions_blp
     from app.extensions import db
+    from app.sessions.listing import SessionPages
     from app.sessions.status import StatusFastPath, StatusReader
     from app.web.routes import bp as web_bp
 
@@ -101,6 +102,7 @@ def register_blueprints(app: Flask) -> None:
     # repeats every second or two, and most of its cost would otherwise be the framework's.
     with app.app_context():
         app.extensions["report_status_reader"] = reader = StatusReader(db.engine)
+        app.extensions["report_session_pages"] = SessionPages(db.engine)
     app.wsgi_app = StatusFastPath(app.wsgi_app, reader)
 
 

@@ -4,12 +4,9 @@ import binascii
 import json
 from datetime import datetime
 
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint, abort
-from sqlalchemy import select, tuple_
 
-from app.extensions import db
-from app.models import ReportSession
 from app.reports.routes import not_found_detail
 from app.runner import get_store
 from app.runner.store import Conflict
@@ -44,22 +41,17 @@ def report_status(session_id):
 @blp.response(200, SessionListSchema)
 def list_sessions(args):
     """Sessions, newest first, a page at a time (follow next_cursor); filter with ?status=."""
-    limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
-    S = ReportSession
-    where = [S.status == args["status"]] if "status" in args else []
+    status = args.get("status")
+    cursor = decode_cursor(args["cursor"]) if "cursor" in args else None
     counts = get_store(current_app).counts()
-    total = counts[args["status"]] if "status" in args else sum(counts.values())
-    query = select(S.id, S.status, S.topic, S.current_agent, S.created_at, S.updated_at).where(*where)
-    if "cursor" in args:
-        created_at, session_id = decode_cursor(args["cursor"])
-        query = query.where(tuple_(S.created_at, S.id) < tuple_(created_at, session_id))
-    rows = db.session.execute(query.order_by(S.created_at.desc(), S.id.desc()).limit(limit + 1)).all()
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return {"total_sessions": total, "sessions": rows[:limit], "next_cursor": next_cursor}
+    sessions, next_cursor = current_app.extensions["report_session_pages"].page(
+        args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"]), status, cursor)
+    return jsonify({"total_sessions": counts[status] if status else sum(counts.values()), "sessions": sessions,
+                    "next_cursor": encode_cursor(*next_cursor) if next_cursor else None})
 
 
-def encode_cursor(row) -> str:
-    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+def encode_cursor(created_at: datetime, session_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{session_id}".encode()).decode()
 
 
 def decode_cursor(cursor: str):
