@@ -1,0 +1,258 @@
+"""The step commit (Store.commit_step) at 100 to 1,000,000 sessions, next to raw sqlite3 on the same file.
+
+One database grows through the sizes (fill_sessions tops it up between them). At each size the
+benchmark runs rounds: make 2 x ROUND sessions with Store.create, claim them all with Store.claim,
+then commit every step of the 5-step pipeline for each, alternating one timed Store.commit_step on
+one session with one timed raw commit on another (same file, same connection pragmas), so both see
+the same database, cache and disk at the same moment. The round's sessions are then deleted, so
+the database holds the stated number of sessions throughout (filler + at most 2 x ROUND).
+
+The raw commit is the least a step commit can be: BEGIN IMMEDIATE, INSERT the step row, UPDATE the
+session (new agent, lease, updated_at, version + 1 and a status-document-sized text; status,
+finished_at and lease cleared on the last step), fenced on lease_owner, COMMIT, through pysqlite3's
+dbapi2 with the app's pragmas (WAL, synchronous=NORMAL, busy_timeout, foreign_keys).
+
+What the figures leave out: fill_sessions makes session rows only, so the steps table holds just
+the round's steps, not the ~5 per finished session a real database of that size would have.
+"""
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+from bench.common import ROOT, Result, fill_sessions, median, migrated_app, percentile, temporary_folder
+
+BENCH = ROOT / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))  # noop_agents, as the servers import it (PYTHONPATH=bench)
+
+NAME = "step_commit"
+WHAT = "Store.commit_step (record a step, advance its session) at 100 to 1,000,000 sessions vs raw sqlite3"
+
+PIPELINE = [f"noop_agents:N{i}" for i in range(1, 6)]
+SIZES = [100, 10_000, 100_000, 1_000_000]
+QUICK_SIZES = [100, 1_000, 10_000]
+ROUND = 10            # sessions per side per round: 5 steps each -> 50 timed commits per side
+ROUNDS = 40           # 2,000 commits per side and size
+QUICK_ROUNDS = 6      # 300
+OWNER = "bench:step_commit"
+OUTPUT = {"ok": True}  # a no-op step's output, the same on both sides
+
+GROWTH_GOAL = 1.5
+RAW_GOAL = 3.0
+
+
+# -- raw sqlite3 --------------------------------------------------------------------------
+
+def raw_connect(path, busy_timeout_ms=10_000):
+    """A pysqlite3 connection set up as app/database.py sets up the app's (autocommit; we BEGIN)."""
+    from app.database import sqlite_dbapi
+
+    conn = sqlite_dbapi().connect(str(path), timeout=busy_timeout_ms / 1000, isolation_level=None,
+                                  check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def db_time(value: datetime) -> str:
+    """A timezone-aware datetime as SQLAlchemy stores it in SQLite (naive UTC text)."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+RAW_INSERT = ("INSERT INTO steps (session_id, name, position, output, started_at, finished_at) "
+              "VALUES (?, ?, ?, ?, ?, ?)")
+RAW_ADVANCE = ("UPDATE sessions SET current_agent = ?, lease_expires_at = ?, progress_message = NULL, "
+               "updated_at = ?, version = version + 1, status_document = ? WHERE id = ? AND lease_owner = ?")
+RAW_FINISH = ("UPDATE sessions SET status = 'completed', current_agent = NULL, finished_at = ?, lease_owner = NULL, "
+              "lease_expires_at = NULL, cancel_requested = 0, progress_message = NULL, updated_at = ?, "
+              "version = version + 1, status_document = ? WHERE id = ? AND lease_owner = ?")
+
+RAW_COUNT = "UPDATE session_counts SET sessions = sessions + ? WHERE status = ?"
+
+
+def raw_commit(conn, session_id, owner, position, names, document, lease_seconds, started_at, counts=False):
+    """One raw step commit; `counts`: the last step also moves session_counts (generating -> completed)."""
+    now = datetime.now(timezone.utc)
+    stamp = db_time(now)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(RAW_INSERT, (session_id, names[position], position, json.dumps(OUTPUT), started_at, stamp))
+        if position + 1 < len(names):
+            cursor = conn.execute(RAW_ADVANCE, (names[position + 1], time.time() + lease_seconds, stamp, document,
+                                                session_id, owner))
+        else:
+            cursor = conn.execute(RAW_FINISH, (stamp, stamp, document, session_id, owner))
+        if cursor.rowcount != 1:
+            raise RuntimeError(f"raw fenced update of {session_id} matched {cursor.rowcount} rows")
+        if counts and position + 1 == len(names):
+            conn.execute(RAW_COUNT, (-1, "generating"))
+            conn.execute(RAW_COUNT, (1, "completed"))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return True
+
+
+def checkpoint(conn) -> None:
+    """Fold the WAL into the database (a big fill leaves a huge one), so no timed commit pays for it."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def session_total(conn) -> int:
+    return conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+
+
+# -- one round ----------------------------------------------------------------------------
+
+class Rig:
+    """A store and a raw connection on one database, and the timed alternation between them."""
+
+    def __init__(self, store, raw, owner=OWNER):
+        self.store, self.raw, self.owner = store, raw, owner
+        self.names = list(store.step_names)
+        self.document = None
+
+    def leased(self, count):
+        """`count` sessions made by Store.create and claimed by this owner (not timed)."""
+        ids = [self.store.create("bench", {"topic": "bench"}) for _ in range(count)]
+        claimed = []
+        for _ in ids:
+            claim = self.store.claim(self.owner)
+            if claim is None:
+                raise RuntimeError("claim found nothing to run: another runnable session is in the way")
+            claimed.append(claim.session_id)
+        if set(claimed) != set(ids):
+            raise RuntimeError("claims took sessions this round did not make")
+        if self.document is None:  # the raw side writes a text as long as a real status document
+            self.document = self.raw.execute("SELECT status_document FROM sessions WHERE id = ?",
+                                             (claimed[0],)).fetchone()[0]
+        return claimed
+
+    def round(self, per_side, raw_side=True):
+        """Timed commits of every step of `per_side` sessions, ours and raw alternating; then delete them."""
+        from app.runner.store import StepResult
+
+        ours_ids = self.leased(per_side * (2 if raw_side else 1))
+        raw_ids = ours_ids[per_side:]
+        ours_ids = ours_ids[:per_side]
+        ours, raw = [], []
+        lease = self.store.lease_seconds
+        for position, name in enumerate(self.names):
+            for i in range(per_side):
+                started = datetime.now(timezone.utc)
+                order = (0, 1) if (i + position) % 2 == 0 else (1, 0)
+                for side in order:
+                    if side == 0:
+                        t = time.perf_counter()
+                        result = self.store.commit_step(ours_ids[i], self.owner, name, OUTPUT, started)
+                        ours.append(time.perf_counter() - t)
+                        expected = StepResult.COMPLETED if position + 1 == len(self.names) else StepResult.CONTINUE
+                        if result is not expected:
+                            raise RuntimeError(f"commit_step answered {result}, expected {expected}")
+                    elif raw_side:
+                        t = time.perf_counter()
+                        raw_commit(self.raw, raw_ids[i], self.owner, position, self.names, self.document, lease,
+                                   db_time(started))
+                        raw.append(time.perf_counter() - t)
+        self.forget(ours_ids, raw_ids if raw_side else [])
+        return ours, raw
+
+    def forget(self, ours_ids, raw_ids):
+        """Delete the round's sessions (steps cascade) and keep session_counts right (not timed).
+
+        The raw side finished its sessions without moving session_counts: they were counted as
+        generating when claimed, and leave as completed.
+        """
+        ids = ours_ids + raw_ids
+        marks = ",".join("?" * len(ids))
+        self.raw.execute("BEGIN IMMEDIATE")
+        try:
+            self.raw.execute(f"DELETE FROM sessions WHERE id IN ({marks})", ids)
+            self.raw.execute("UPDATE session_counts SET sessions = sessions - ? WHERE status = 'completed'",
+                             (len(ours_ids),))
+            self.raw.execute("UPDATE session_counts SET sessions = sessions - ? WHERE status = 'generating'",
+                             (len(raw_ids),))
+            self.raw.execute("COMMIT")
+        except BaseException:
+            self.raw.execute("ROLLBACK")
+            raise
+
+
+def open_rig(folder, name="bench.db"):
+    from app.runner import get_store
+
+    app = migrated_app(folder / name, pipeline=PIPELINE)
+    store = get_store(app)
+    return Rig(store, raw_connect(folder / name, app.config["SQLITE_BUSY_TIMEOUT_MS"]))
+
+
+def close_rig(rig):
+    rig.raw.close()
+    rig.store.engine.dispose()
+
+
+def us(seconds):
+    return seconds * 1e6
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+def run(quick: bool) -> list[Result]:
+    sizes = QUICK_SIZES if quick else SIZES
+    rounds = QUICK_ROUNDS if quick else ROUNDS
+    in_flight = 2 * ROUND
+    measured = []  # (size, ours median us, raw median us, ours p90, raw p90, commits, ours mean, raw mean)
+    with temporary_folder("bench-step-commit-") as folder:
+        rig = open_rig(folder)
+        try:
+            filled = 0
+            for size in sizes:
+                started = time.monotonic()
+                fill_sessions(rig.store, size - in_flight - filled)
+                filled = size - in_flight
+                checkpoint(rig.raw)
+                fill_seconds = time.monotonic() - started
+                rig.round(2, raw_side=True)  # warm-up: statement caches, pool, pages
+                ours, raw = [], []
+                for _ in range(rounds):
+                    o, r = rig.round(ROUND)
+                    ours += o
+                    raw += r
+                total = session_total(rig.raw)
+                if total != filled:
+                    raise RuntimeError(f"expected {filled} sessions between rounds, found {total}")
+                measured.append((size, us(median(ours)), us(median(raw)), us(percentile(ours, 90)),
+                                 us(percentile(raw, 90)), len(ours), us(sum(ours) / len(ours)),
+                                 us(sum(raw) / len(raw))))
+                print(f"   .. {size:>9,} sessions: commit_step {us(median(ours)):7.1f} us, "
+                      f"raw {us(median(raw)):6.1f} us "
+                      f"({len(ours)} each; fill {fill_seconds:.1f} s)", flush=True)
+        finally:
+            close_rig(rig)
+
+    first_ours, first_raw = measured[0][1], measured[0][2]
+    series = {"x": [m[0] for m in measured], "y": [m[1] for m in measured], "baseline": [m[2] for m in measured],
+              "label": "Store.commit_step", "baseline_label": "raw sqlite3 (INSERT step + UPDATE session)",
+              "xlabel": "sessions in the database", "ylabel": "us per step commit (median)", "logx": True,
+              "logy": True, "title": "Step commit vs database size"}
+    results = []
+    for i, (size, ours, raw, ours90, raw90, n, ours_mean, raw_mean) in enumerate(measured):
+        vs_raw = ours / raw
+        results.append(Result(
+            NAME, f"vs raw, {size:,} sessions", ours, raw, "us", vs_raw, f"<= {RAW_GOAL:g}x raw",
+            vs_raw <= RAW_GOAL, baseline_name="raw sqlite3",
+            note=(f"median of {n} commits each; p90 {ours90:.0f} vs {raw90:.0f} us, mean {ours_mean:.0f} vs "
+                  f"{raw_mean:.0f} us (the mean carries WAL checkpoints); steps table: only the round's steps")
+            if i == 0 or size == sizes[-1] else "",
+            series=series if i == len(measured) - 1 else {}))
+    for size, ours, raw, *_ in measured[1:]:
+        growth = ours / first_ours
+        results.append(Result(
+            NAME, f"growth, {sizes[0]:,} -> {size:,}", ours, first_ours, "us", growth,
+            f"<= {GROWTH_GOAL:g}x", growth <= GROWTH_GOAL, baseline_name=f"ours at {sizes[0]:,}",
+            note=(f"raw sqlite3 grew {raw / first_raw:.2f}x over the same sizes" if size == sizes[-1] else "")))
+    return results
