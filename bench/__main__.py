@@ -93,6 +93,8 @@ def write_docs(results: list[Result]) -> None:
         table(results),
         "",
         *(["## Notes", "", *notes, ""] if notes else []),
+        # Diagnoses of the goals that do not hold, kept by hand beside the code that measures them.
+        *([(ROOT / "bench" / "findings.md").read_text()] if (ROOT / "bench" / "findings.md").exists() else []),
         *[f"![{title}]({path})\n" for title, path in plots],
     ]
     (docs / "benchmarks.md").write_text("\n".join(text) + "\n")
