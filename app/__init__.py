@@ -91,7 +91,9 @@ def register_blueprints(app: Flask) -> None:
     from app.reports.routes import blp as reports_blp
     from app.sessions.routes import blp as sessions_blp
     from app.extensions import db
-    from app.sessions.listing import SessionPages
+    from app.models import STATUSES
+    from app.schemas import LIMITS
+    from app.sessions.listing import ListingFastPath, SessionPages
     from app.sessions.status import StatusFastPath, StatusReader
     from app.web.routes import bp as web_bp
 
@@ -102,8 +104,11 @@ def register_blueprints(app: Flask) -> None:
     # repeats every second or two, and most of its cost would otherwise be the framework's.
     with app.app_context():
         app.extensions["report_status_reader"] = reader = StatusReader(db.engine)
-        app.extensions["report_session_pages"] = SessionPages(db.engine)
+        app.extensions["report_session_pages"] = pages = SessionPages(db.engine)
     app.wsgi_app = StatusFastPath(app.wsgi_app, reader)
+    # The sessions page and operators' scripts list often too; same idea, valid requests only.
+    app.wsgi_app = ListingFastPath(app.wsgi_app, pages, app.extensions["report_store"], STATUSES,
+                                   app.config["SESSIONS_PAGE_SIZE"], LIMITS["page_size"][1])
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -49,9 +49,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Requests: submitted bodies larger than this are refused with 413.
 MAX_CONTENT_LENGTH = 64 * 1024
 
-# Listing: default and largest page size of GET /api/sessions.
+# Listing: the page size of GET /api/sessions when ?limit= is not given (at most 500).
 SESSIONS_PAGE_SIZE = 50
-SESSIONS_PAGE_MAX = 500
 
 # flask-smorest / OpenAPI
 API_TITLE = "Report service"

@@ -10,7 +10,7 @@ from app.models import STATUSES, iso
 
 COMPLEXITIES = ("simple", "moderate", "complex")
 LIMITS = {"topic": 200, "user_request": 5000, "page_count": (1, 200), "source_count": (1, 50), "urls": 10,
-          "url_length": 2000}
+          "url_length": 2000, "page_size": (1, 500)}
 
 
 class RequirementsSchema(ma.Schema):
@@ -73,7 +73,8 @@ class StatusSchema(ma.Schema):
 
 class SessionListArgsSchema(ma.Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
-    limit = fields.Integer(validate=validate.Range(1, 500), metadata={"description": "page size (default 50)"})
+    limit = fields.Integer(validate=validate.Range(*LIMITS["page_size"]),
+                           metadata={"description": "page size (default 50)"})
     cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
 
 

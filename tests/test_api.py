@@ -316,3 +316,19 @@ def test_openapi_document_is_generated_from_the_schemas(client):
     requirements = spec["components"]["schemas"]["Requirements"]
     assert requirements["properties"]["page_count"]["maximum"] == 200
     assert set(requirements["required"]) == {"topic", "page_count", "source_count"}
+
+
+def test_listing_view_without_the_fast_path_answers_the_same(app, client):
+    """ListingFastPath answers valid requests before Flask; the Flask view behind it gives the same page."""
+    import base64
+
+    for _ in range(3):
+        submit(client)
+    fast = client.get("/api/sessions?limit=2").get_json()
+    with app.test_request_context("/api/sessions?limit=2"):
+        from app.sessions.routes import list_sessions
+        slow = app.make_response(list_sessions()).get_json()
+
+    assert fast == slow and len(fast["sessions"]) == 2 and fast["next_cursor"]
+    naive = base64.urlsafe_b64encode(b"2026-01-01T00:00:00|x").decode()  # a cursor without a time zone
+    assert client.get(f"/api/sessions?cursor={naive}").status_code == 422

@@ -1,11 +1,19 @@
-"""GET /api/sessions' query: a keyset-paginated page of sessions, newest first, optionally by status.
+"""GET /api/sessions: a keyset-paginated page of sessions, newest first, optionally by status.
 
 The page is read with statements compiled once (app/runner/compiled.py) and returned as plain
 dicts: building the query per request, the ORM and a marshmallow dump cost several times the
 indexed read itself (the schemas still describe the response in the OpenAPI document).
+ListingFastPath answers well-formed requests before Flask dispatches, as the status poll is
+answered; anything else (a bad parameter, another method) goes to the Flask view, which
+validates it with the schema and answers with the same document or the error.
 """
+import base64
+import binascii
+import json
+import re
 from datetime import datetime
 from typing import Optional
+from urllib.parse import parse_qsl
 
 from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.engine import Engine
@@ -48,3 +56,66 @@ class SessionPages:
                      "current_agent": r["current_agent"], "started_at": iso(r["created_at"]),
                      "updated_at": iso(r["updated_at"])} for r in rows]
         return sessions, ((rows[-1]["created_at"], rows[-1]["id"]) if more else None)
+
+
+def encode_cursor(created_at: datetime, session_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{session_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) of the last session of the previous page; ValueError if it is not a cursor we made."""
+    try:
+        created_at, _, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        when = datetime.fromisoformat(created_at)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor") from None
+    if when.tzinfo is None or not session_id:
+        raise ValueError("not a cursor")
+    return when, session_id
+
+
+def listing_document(pages: SessionPages, counts: dict[str, int], limit: int, status: Optional[str],
+                     cursor: Optional[tuple[datetime, str]]) -> dict:
+    sessions, next_cursor = pages.page(limit, status, cursor)
+    return {"total_sessions": counts[status] if status else sum(counts.values()), "sessions": sessions,
+            "next_cursor": encode_cursor(*next_cursor) if next_cursor else None}
+
+
+_LIMIT = re.compile(r"[1-9][0-9]{0,2}")
+
+
+class ListingFastPath:
+    """WSGI middleware: answers GET /api/sessions with valid parameters; everything else goes to Flask."""
+
+    def __init__(self, wsgi_app, pages: SessionPages, store, statuses, default_limit: int, max_limit: int):
+        self.wsgi_app = wsgi_app
+        self.pages, self.store, self.statuses = pages, store, set(statuses)
+        self.default_limit, self.max_limit = default_limit, max_limit
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/api/sessions" and environ.get("REQUEST_METHOD") == "GET":
+            request = self._parse(environ.get("QUERY_STRING", ""))
+            if request is not None:
+                body = json.dumps(listing_document(self.pages, self.store.counts(), *request)).encode()
+                start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                return [body]
+        return self.wsgi_app(environ, start_response)
+
+    def _parse(self, query: str):
+        """(limit, status, cursor) when every parameter is one the schema accepts, else None."""
+        args = dict(parse_qsl(query, keep_blank_values=True))
+        if len(args) != len(parse_qsl(query, keep_blank_values=True)) or set(args) - {"limit", "status", "cursor"}:
+            return None
+        limit = self.default_limit
+        if "limit" in args:
+            if not _LIMIT.fullmatch(args["limit"]) or int(args["limit"]) > self.max_limit:
+                return None
+            limit = int(args["limit"])
+        status = args.get("status")
+        if status is not None and status not in self.statuses:
+            return None
+        try:
+            cursor = decode_cursor(args["cursor"]) if "cursor" in args else None
+        except ValueError:
+            return None
+        return limit, status, cursor

@@ -1,8 +1,5 @@
 """Routes: status, listing, cancel, retry and delete of sessions."""
-import base64
-import binascii
 import json
-from datetime import datetime
 
 from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint, abort
@@ -11,6 +8,7 @@ from app.reports.routes import not_found_detail
 from app.runner import get_store
 from app.runner.store import Conflict
 from app.schemas import SessionListArgsSchema, SessionListSchema, StatusSchema
+from app.sessions.listing import decode_cursor, listing_document
 from app.sessions.status import etag_for
 
 blp = Blueprint("sessions", __name__, url_prefix="/api", description="Session status and management")
@@ -42,25 +40,14 @@ def report_status(session_id):
 def list_sessions(args):
     """Sessions, newest first, a page at a time (follow next_cursor); filter with ?status=."""
     status = args.get("status")
-    cursor = decode_cursor(args["cursor"]) if "cursor" in args else None
-    counts = get_store(current_app).counts()
-    sessions, next_cursor = current_app.extensions["report_session_pages"].page(
-        args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"]), status, cursor)
-    return jsonify({"total_sessions": counts[status] if status else sum(counts.values()), "sessions": sessions,
-                    "next_cursor": encode_cursor(*next_cursor) if next_cursor else None})
-
-
-def encode_cursor(created_at: datetime, session_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{session_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str):
     try:
-        created_at, _, session_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created_at), session_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        cursor = decode_cursor(args["cursor"]) if "cursor" in args else None
+    except ValueError:
         abort(422, message="Invalid cursor: pass next_cursor from the previous page.",
               errors={"cursor": ["Invalid cursor."]})
+    limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
+    return jsonify(listing_document(current_app.extensions["report_session_pages"], get_store(current_app).counts(),
+                                    limit, status, cursor))
 
 
 @blp.delete("/sessions/<session_id>")
