@@ -6,6 +6,7 @@
 """
 import argparse
 import importlib
+import math
 import platform
 import sys
 import time
@@ -72,8 +73,10 @@ def table(results: list[Result]) -> str:
     lines = ["| benchmark | case | measured | baseline (same run) | ratio | goal | verdict |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        lines.append(f"| {r.benchmark} | {r.case} | {r.figure:,.1f} {r.unit} | {r.baseline:,.1f} {r.unit} "
-                     f"({r.baseline_name}) | {r.ratio:.2f} | {r.goal} | {verdict(r)} |")
+        baseline = "-" if math.isnan(r.baseline) else f"{r.baseline:,.1f} {r.unit} ({r.baseline_name})"
+        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
+        lines.append(f"| {r.benchmark} | {r.case} | {r.figure:,.1f} {r.unit} | {baseline} | {ratio} | {r.goal} "
+                     f"| {verdict(r)} |")
     return "\n".join(lines)
 
 
