@@ -25,6 +25,17 @@ _SCRUBBED_PREFIXES = ("REPORTS_", "FLASK_", "TEST_AGENT_")
 _SCRUBBED = {"DATABASE_URL", "WEB_CONCURRENCY", "BIND", "GUNICORN_CMD_ARGS", "PYTHONPATH"}
 
 
+def query(db_path, sql: str, params=()) -> list[tuple]:
+    """Rows of one query on a server's database file, read with the SQLite library the service uses."""
+    from app.database import sqlite_dbapi
+
+    conn = sqlite_dbapi().connect(str(db_path), timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,12 +11,8 @@ import signal
 import time
 
 import pytest
-from servers import Server, migrate, server_env, status, status_response, submit, wait_until
+from servers import Server, migrate, query, server_env, status, status_response, submit, wait_until
 
-try:  # the SQLite library the service itself uses (it has the WAL-reset fix); else the stdlib's
-    from pysqlite3 import dbapi2 as sqlite3
-except ImportError:  # pragma: no cover
-    import sqlite3
 
 PIPELINE = ["agents:First", "agents:Second", "agents:Third"]
 NAMES = ["first", "second", "third"]
@@ -30,14 +26,6 @@ def deploy(tmp_path, pipeline, delay, extra=None):
     env = server_env(tmp_path / "app.db", pipeline, tmp_path / "agents.log", delay, extra)
     migrate(env)
     return env
-
-
-def query(db_path, sql, params=()):
-    conn = sqlite3.connect(str(db_path), timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def recorded(db_path):

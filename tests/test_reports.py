@@ -213,9 +213,7 @@ def test_progress_messages_reach_the_status_document(app, client, store, monkeyp
 @pytest.mark.slow
 def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_report(tmp_path, library):
     from agents import DEFAULT_WITH_SLOW_WRITER
-    from servers import Server, migrate, request, server_env, status, wait_until
-
-    from test_durability import query
+    from servers import Server, migrate, query, request, server_env, status, wait_until
 
     env = server_env(tmp_path / "app.db", DEFAULT_WITH_SLOW_WRITER, tmp_path / "agents.log", 2.0,
                      {"REPORTS_LIBRARY_DIR": str(library)})
