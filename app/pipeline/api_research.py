@@ -40,8 +40,14 @@ class ApiResearch:
             except (DataError, ValueError) as exc:
                 skipped.append({"url": f"library:data/{path.name}", "reason": str(exc)})
         described = [f"{d['title']} {d['title']} {d['unit']} {' '.join(d['columns'])}" for d in candidates]
-        for index, _score in rank(described, query, MAX_DATASETS):
-            if len(datasets) < MAX_DATASETS:
+        # Only tables about the subject, ranked by the whole outline. About means matching the subject at
+        # least a tenth as well as the best table: "Electric car sales" is about electric vehicles, but
+        # "wind power capacity" is not about solar power, as "power" is in most titles and weighs nothing.
+        by_subject = rank(described, context.outputs["planner"]["subject"])
+        best = by_subject[0][1] if by_subject else 0.0
+        on_subject = {index for index, score in by_subject if score >= best / 10}
+        for index, _score in rank(described, query):
+            if index in on_subject and len(datasets) < MAX_DATASETS:
                 datasets.append(candidates[index])
         context.progress(f"loaded {len(datasets)} data tables")
         return {"datasets": datasets, "skipped": skipped, "data_files_searched": len(files)}

@@ -42,7 +42,8 @@ class DataCollection:
         # paragraph should not beat a short one about the topic.
         best: dict[str, list[tuple[float, str]]] = {}
         by_path = {}
-        for document, passage, score in index.search(query):
+        subject = context.outputs["planner"]["subject"]
+        for document, passage, score in index.search(query, about=subject):
             by_path[document.path] = document
             best.setdefault(document.path, []).append((score, passage))
         ranked = sorted(best, key=lambda path: -sum(score for score, _ in best[path][:3]))

@@ -73,9 +73,16 @@ class LibraryIndex:
                 self._forget(relative)
             return [doc for _, _, doc in sorted(self._documents.values(), key=lambda entry: entry[1])]
 
-    def search(self, query: str, limit: int = 1000) -> list[tuple[Document, str, float]]:
-        """Passages matching the query, best first: (document, passage, relevance)."""
+    def search(self, query: str, limit: int = 1000, about: str = "") -> list[tuple[Document, str, float]]:
+        """Passages matching the query, best first: (document, passage, relevance).
+
+        With `about`, only passages that mention every meaningful word of it (the report's subject)
+        count: an outline's generic questions ("how have costs changed?") would otherwise rank a
+        battery-price document high in a report on hydrogen.
+        """
         expression = match_query(query)
+        if expression and match_query(about, every=True):
+            expression = f"({match_query(about, every=True)}) AND ({expression})"
         if not expression:
             return []
         with self._lock:
