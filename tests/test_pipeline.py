@@ -209,3 +209,17 @@ def test_html_and_pdf_files_in_the_library_are_searchable(tmp_path):
     assert documents["notes.pdf"].title == "Geothermal notes"
     assert index.search("geothermal baseload")[0][0].path == "notes.pdf"
     assert index.search("installers waiting")[0][0].path == "page.html"
+
+
+def test_sources_must_mention_the_subject_not_just_the_outline_questions(library):
+    (library / "heat-pump-prices.md").write_text(
+        "# Heat pump prices\n\nSource: Test Heat Council\n\n"
+        "Heat pump costs and prices changed sharply between 2021 and 2023 across Europe. "
+        "How large the market grew and how fast it grew depended on subsidies and policies.\n")
+
+    outputs, _ = run_pipeline(library, sources=3)
+
+    locations = {s["location"] for s in outputs["data_collection"]["sources"]}
+    assert locations == {"library:ev-sales.md", "library:ev-charging.md"}  # fewer than asked, none off-subject
+    review = {f["check"]: f for f in outputs["reviewer"]["findings"]}
+    assert "held no more relevant documents" in review["sources cited"]["detail"]
