@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from app.pipeline.data_collection import now_iso, outline_query
+from app.pipeline.data_collection import fetch_named, now_iso, outline_query
 from app.pipeline.library import library_folder
 from app.pipeline.text import rank
 
@@ -53,12 +53,10 @@ class ApiResearch:
         return {"datasets": datasets, "skipped": skipped, "data_files_searched": len(files)}
 
     def _from_url(self, context, url):
-        from app.pipeline.web import FetchRefused, fetch
+        from app.pipeline.web import FetchRefused
 
         try:
-            fetched = fetch(url, timeout=float(context.settings.get("FETCH_TIMEOUT", 10)),
-                            max_bytes=int(context.settings.get("FETCH_MAX_BYTES", 2_000_000)),
-                            allow_private=bool(context.settings.get("ALLOW_PRIVATE_URLS", False)))
+            fetched = fetch_named(context, url)
         except FetchRefused as exc:
             raise DataError(exc.reason) from None
         kind = ".json" if "json" in fetched.content_type or url.lower().endswith(".json") else ".csv"

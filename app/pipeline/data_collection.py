@@ -22,6 +22,15 @@ def outline_query(context) -> str:
     return f"{topic} {topic} {context.user_request} {questions}"
 
 
+def fetch_named(context, url: str):
+    """Fetch a URL the request names, within the deployment's limits (web.fetch; FetchRefused if not)."""
+    from app.pipeline.web import fetch
+
+    return fetch(url, timeout=float(context.settings.get("FETCH_TIMEOUT", 10)),
+                 max_bytes=int(context.settings.get("FETCH_MAX_BYTES", 2_000_000)),
+                 allow_private=bool(context.settings.get("ALLOW_PRIVATE_URLS", False)))
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -73,7 +82,7 @@ class DataCollection:
         }
 
     def _from_urls(self, context, query, wanted):
-        from app.pipeline.web import FetchRefused, extract_document, fetch
+        from app.pipeline.web import FetchRefused, extract_document
 
         sources, skipped = [], []
         urls = list(dict.fromkeys(context.requirements.get("urls") or []))
@@ -83,9 +92,7 @@ class DataCollection:
                 continue
             context.progress(f"fetching URL {position} of {len(urls)}")
             try:
-                fetched = fetch(url, timeout=float(context.settings.get("FETCH_TIMEOUT", 10)),
-                                max_bytes=int(context.settings.get("FETCH_MAX_BYTES", 2_000_000)),
-                                allow_private=bool(context.settings.get("ALLOW_PRIVATE_URLS", False)))
+                fetched = fetch_named(context, url)
                 title, text = extract_document(fetched)
             except FetchRefused as exc:
                 skipped.append({"url": url, "reason": exc.reason})

@@ -13,9 +13,9 @@ The invariants, in one place:
 """
 import enum
 import json
-from collections import Counter
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Optional
@@ -24,8 +24,8 @@ from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import write_transaction
-from app.runner.compiled import CompiledStatement
 from app.models import ACTIVE, FINISHED, STATUSES, Artifact, ReportSession, SessionCount, Step, iso, utcnow
+from app.runner.compiled import CompiledStatement
 
 S = ReportSession.__table__
 T = Step.__table__

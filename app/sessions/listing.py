@@ -103,8 +103,9 @@ class ListingFastPath:
 
     def _parse(self, query: str):
         """(limit, status, cursor) when every parameter is one the schema accepts, else None."""
-        args = dict(parse_qsl(query, keep_blank_values=True))
-        if len(args) != len(parse_qsl(query, keep_blank_values=True)) or set(args) - {"limit", "status", "cursor"}:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        args = dict(pairs)
+        if len(args) != len(pairs) or set(args) - {"limit", "status", "cursor"}:
             return None
         limit = self.default_limit
         if "limit" in args:
