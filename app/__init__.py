@@ -59,7 +59,8 @@ def register_extensions(app: Flask) -> None:
     from app.extensions import api, db, migrate
 
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    options = engine_options(uri, app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    # The runner's loop thread and each of its threads keep a connection (Store.pinned_connection).
+    options = engine_options(uri, app.config["SQLITE_BUSY_TIMEOUT_MS"], app.config["RUNNER_THREADS"] + 1)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options | app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {})
     db.init_app(app)
     # render_as_batch: SQLite can only ALTER tables by copying them; Alembic's batch mode does that.

@@ -9,7 +9,7 @@ import logging
 import warnings
 from contextlib import contextmanager
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,20 @@ def has_wal_reset_fix(version: str) -> bool:
     return v >= (3, 51, 3) or (3, 50, 7) <= v < (3, 51, 0) or (3, 44, 6) <= v < (3, 45, 0)
 
 
-def engine_options(uri: str, busy_timeout_ms: int) -> dict:
-    """Extra create_engine() options for a database URL."""
-    if not uri.startswith("sqlite"):
-        return {"pool_pre_ping": True}
-    return {"module": sqlite_dbapi(), "connect_args": {"timeout": busy_timeout_ms / 1000}}
+def engine_options(uri: str, busy_timeout_ms: int, held_connections: int = 0) -> dict:
+    """Extra create_engine() options for a database URL.
+
+    `held_connections`: how many the runner's threads keep while they run (Store.pinned_connection);
+    the pool grows by that many, so requests still find SQLAlchemy's default five.
+    """
+    url = make_url(uri)
+    pool = {"pool_size": 5 + held_connections}
+    if url.get_backend_name() != "sqlite":
+        return {"pool_pre_ping": True, **pool}
+    options = {"module": sqlite_dbapi(), "connect_args": {"timeout": busy_timeout_ms / 1000}}
+    if url.database not in (None, "", ":memory:"):  # an in-memory database has a pool of its own kind
+        options |= pool
+    return options
 
 
 def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:

@@ -90,7 +90,7 @@ def store_made_session(store, finish: bool = True) -> str:
         claim = store.claim(owner)
         assert claim is not None and claim.session_id == session_id, claim
         for name in store.step_names:
-            store.commit_step(session_id, owner, name, {"step": name, "topic": "bench"}, utcnow())
+            store.commit_step(claim, name, {"step": name, "topic": "bench"}, utcnow())
     else:
         holder = Store(store.engine, store.step_names, lease_seconds=10 * 365 * 86400, max_attempts=10)
         claim = holder.claim("bench-holder-never-expires")  # not host:pid:start:nonce, so never "dead"

@@ -4,7 +4,8 @@ One database grows through the sizes (fill_sessions tops it up between them). At
 benchmark runs rounds: make 2 x ROUND sessions with Store.create, claim them all with Store.claim,
 then commit every step of the 5-step pipeline for each, alternating one timed Store.commit_step on
 one session with one timed raw commit on another (same file, same connection pragmas), so both see
-the same database, cache and disk at the same moment. The round's sessions are then deleted, so
+the same database, cache and disk at the same moment. Store calls run on a connection pinned to
+the thread (Store.pinned_connection), as the runner's threads run them. The round's sessions are then deleted, so
 the database holds the stated number of sessions throughout (filler + at most 2 x ROUND).
 
 The raw commit is the least a step commit can be: BEGIN IMMEDIATE, INSERT the step row, UPDATE the
@@ -124,21 +125,25 @@ class Rig:
             claim = self.store.claim(self.owner)
             if claim is None:
                 raise RuntimeError("claim found nothing to run: another runnable session is in the way")
-            claimed.append(claim.session_id)
-        if set(claimed) != set(ids):
+            claimed.append(claim)
+        if {claim.session_id for claim in claimed} != set(ids):
             raise RuntimeError("claims took sessions this round did not make")
         if self.document is None:  # the raw side writes a text as long as a real status document
             self.document = self.raw.execute("SELECT status_document FROM sessions WHERE id = ?",
-                                             (claimed[0],)).fetchone()[0]
+                                             (claimed[0].session_id,)).fetchone()[0]
         return claimed
 
     def round(self, per_side, raw_side=True):
         """Timed commits of every step of `per_side` sessions, ours and raw alternating; then delete them."""
+        with self.store.pinned_connection():  # as the runner's threads run (a no-op if already pinned)
+            return self._round(per_side, raw_side)
+
+    def _round(self, per_side, raw_side):
         from app.runner.store import StepResult
 
-        ours_ids = self.leased(per_side * (2 if raw_side else 1))
-        raw_ids = ours_ids[per_side:]
-        ours_ids = ours_ids[:per_side]
+        claims = self.leased(per_side * (2 if raw_side else 1))
+        raw_ids = [claim.session_id for claim in claims[per_side:]]
+        ours_claims = claims[:per_side]
         ours, raw = [], []
         lease = self.store.lease_seconds
         for position, name in enumerate(self.names):
@@ -148,7 +153,7 @@ class Rig:
                 for side in order:
                     if side == 0:
                         t = time.perf_counter()
-                        result = self.store.commit_step(ours_ids[i], self.owner, name, OUTPUT, started)
+                        result = self.store.commit_step(ours_claims[i], name, OUTPUT, started)
                         ours.append(time.perf_counter() - t)
                         expected = StepResult.COMPLETED if position + 1 == len(self.names) else StepResult.CONTINUE
                         if result is not expected:
@@ -158,7 +163,7 @@ class Rig:
                         raw_commit(self.raw, raw_ids[i], self.owner, position, self.names, self.document, lease,
                                    db_time(started))
                         raw.append(time.perf_counter() - t)
-        self.forget(ours_ids, raw_ids if raw_side else [])
+        self.forget([claim.session_id for claim in ours_claims], raw_ids if raw_side else [])
         return ours, raw
 
     def forget(self, ours_ids, raw_ids):

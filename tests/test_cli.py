@@ -139,8 +139,8 @@ def test_cleanup_removes_the_steps_of_removed_sessions_and_keeps_the_others(app,
         session_id = new_session(store, topic=name)
         claim = store.claim("test-owner")
         assert claim.session_id == session_id
-        store.commit_step(session_id, "test-owner", store.step_names[0], {"plan": name}, utcnow())
-        store.fail(session_id, "test-owner", store.step_names[1], "the data source refused the request")
+        store.commit_step(claim, store.step_names[0], {"plan": name}, utcnow())
+        store.fail(claim, store.step_names[1], "the data source refused the request")
         set_state(app, session_id, "failed", days_ago=days_ago)
         finished[name] = session_id
     assert steps_of(app, finished["old"]) == [store.step_names[0]]

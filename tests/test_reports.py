@@ -201,7 +201,7 @@ def test_when_the_model_fails_the_writer_falls_back_to_the_sources(app, client):
 def test_progress_messages_reach_the_status_document(app, client, store, monkeypatch):
     messages = []
     original = store.progress
-    monkeypatch.setattr(store, "progress", lambda *args: messages.append(args[2]) or original(*args))
+    monkeypatch.setattr(store, "progress", lambda claim, message: messages.append(message) or original(claim, message))
 
     run_report(app, client)
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -134,21 +135,21 @@ def test_claim_takes_the_oldest_queued_session_once(store, client):
 @pytest.mark.pipeline(FAST)
 def test_a_step_commit_without_the_lease_records_nothing(app, store, client):
     session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
-    store.claim("owner-a")
+    claim = store.claim("owner-a")
 
-    result = store.commit_step(session_id, "owner-b", "first", {"x": 1}, utcnow())
+    result = store.commit_step(replace(claim, owner="owner-b"), "first", {"x": 1}, utcnow())
 
     assert result is StepResult.LOST
     assert rows(app, Step, session_id=session_id) == []
-    assert store.commit_step(session_id, "owner-a", "first", {"x": 1}, utcnow()) is StepResult.CONTINUE
+    assert store.commit_step(claim, "first", {"x": 1}, utcnow()) is StepResult.CONTINUE
     assert status_of(client, session_id)["completed_tasks"] == ["first"]
 
 
 @pytest.mark.pipeline(FAST)
 def test_an_expired_lease_is_resumed_from_the_last_finished_step(app, store, client):
     session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
-    store.claim("crashed")
-    store.commit_step(session_id, "crashed", "first", {"done": "first"}, utcnow())
+    crashed = store.claim("crashed")
+    store.commit_step(crashed, "first", {"done": "first"}, utcnow())
     with app.app_context():  # the crashed process never renewed its lease
         db.session.execute(update(ReportSession).values(lease_expires_at=time.time() - 1))
         db.session.commit()
@@ -160,7 +161,7 @@ def test_an_expired_lease_is_resumed_from_the_last_finished_step(app, store, cli
     status = status_of(client, session_id)
     assert status["attempts"] == 1 and status["current_agent"] == "second"
     # The old owner wakes up and tries to record its step: fenced out.
-    assert store.commit_step(session_id, "crashed", "second", {}, utcnow()) is StepResult.LOST
+    assert store.commit_step(crashed, "second", {}, utcnow()) is StepResult.LOST
 
 
 @pytest.mark.pipeline(FAST)
@@ -196,8 +197,8 @@ def test_runner_resumes_sessions_of_a_dead_process_without_waiting_for_expiry(ap
     session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
     store = app.extensions["report_store"]
     owner = dead_owner()
-    store.claim(owner)
-    store.commit_step(session_id, owner, "first", {"step": "first"}, utcnow())
+    claim = store.claim(owner)
+    store.commit_step(claim, "first", {"step": "first"}, utcnow())
     with app.app_context():  # a lease that would last another hour
         db.session.execute(update(ReportSession).values(lease_expires_at=time.time() + 3600))
         db.session.commit()
@@ -212,14 +213,14 @@ def test_runner_resumes_sessions_of_a_dead_process_without_waiting_for_expiry(ap
 @pytest.mark.pipeline(FAST)
 def test_cancel_of_a_running_session_waits_for_the_step_boundary(app, store, client):
     session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
-    store.claim("worker")
+    claim = store.claim("worker")
 
     response = client.post(f"/api/sessions/{session_id}/cancel")
     assert response.status_code == 202
     assert response.get_json()["cancel_requested"] is True
     assert response.get_json()["status"] == "generating"
 
-    assert store.commit_step(session_id, "worker", "first", {}, utcnow()) is StepResult.CANCELLED
+    assert store.commit_step(claim, "first", {}, utcnow()) is StepResult.CANCELLED
     status = status_of(client, session_id)
     assert status["status"] == "cancelled" and status["completed_tasks"] == ["first"]
     assert rows(app, ReportSession, id=session_id)[0].lease_owner is None
@@ -228,11 +229,11 @@ def test_cancel_of_a_running_session_waits_for_the_step_boundary(app, store, cli
 @pytest.mark.pipeline(FAST)
 def test_deleting_a_running_session_stops_its_runner(app, store, client):
     session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
-    store.claim("worker")
+    claim = store.claim("worker")
 
     assert client.delete(f"/api/sessions/{session_id}").status_code == 204
 
-    assert store.commit_step(session_id, "worker", "first", {}, utcnow()) is StepResult.LOST
+    assert store.commit_step(claim, "first", {}, utcnow()) is StepResult.LOST
     assert rows(app, Step, session_id=session_id) == []
 
 
@@ -318,16 +319,16 @@ def test_status_counts_follow_every_kind_of_change(app, store, client, cli, tmp_
     from sqlalchemy import func
 
     ids = [client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"] for _ in range(6)]
-    store.claim("w")                                                                     # queued -> generating
-    store.commit_step(ids[0], "w", "first", {}, utcnow())
-    store.fail(ids[0], "w", "second", "boom")                                            # -> failed
+    claim = store.claim("w")                                                             # queued -> generating
+    store.commit_step(claim, "first", {}, utcnow())
+    store.fail(claim, "second", "boom")                                                  # -> failed
     client.post(f"/api/sessions/{ids[1]}/cancel")                                         # -> cancelled
     client.post(f"/api/sessions/{ids[1]}/retry")                                          # -> queued
     client.post(f"/api/sessions/{ids[2]}/cancel")
     client.delete(f"/api/sessions/{ids[3]}")                                              # gone
     claim = store.claim("w")
     for name in ("first", "second", "third"):
-        store.commit_step(claim.session_id, "w", name, {}, utcnow())                     # -> completed
+        store.commit_step(claim, name, {}, utcnow())                                     # -> completed
     cli.invoke(args=["sessions", "cleanup", "--days", "0"])                              # finished ones gone
 
     with app.app_context():
@@ -343,8 +344,8 @@ def test_compiled_statements_read_and_write_what_sqlalchemy_does(app, store, cli
     from app.runner.store import _ROW
 
     session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
-    store.claim("w")
-    store.commit_step(session_id, "w", store.step_names[0], {"nested": [1, "two", None]}, utcnow())
+    claim = store.claim("w")
+    store.commit_step(claim, store.step_names[0], {"nested": [1, "two", None]}, utcnow())
     with app.app_context(), db.engine.connect() as conn:
         expected = dict(conn.execute(_ROW, {"session_id": session_id}).mappings().first())
         found = CompiledStatement(_ROW, db.engine.dialect).first(conn, {"session_id": session_id})
@@ -354,3 +355,23 @@ def test_compiled_statements_read_and_write_what_sqlalchemy_does(app, store, cli
     assert found["requirements"] == SUBMISSION["requirements"] and found["created_at"].tzinfo is not None
     assert found["cancel_requested"] is False and found["lease_owner"] == "w"
     assert step.output == {"nested": [1, "two", None]} and step.started_at.tzinfo is not None
+
+
+@pytest.mark.pipeline(FAST)
+def test_a_pinned_connection_survives_a_failed_commit_and_writes_only_what_commits(app, store, client):
+    """Runner threads keep one connection across transactions: a commit that fails must leave it clean."""
+    session_id = client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"]
+    claim = store.claim("w")
+
+    with store.pinned_connection():
+        with pytest.raises(TypeError):  # not JSON: raised inside the transaction, after the row was read
+            store.commit_step(claim, "first", {"not json": object()}, utcnow())
+        assert store.commit_step(claim, "first", {"ok": True}, utcnow()) is StepResult.CONTINUE
+        assert store.commit_step(claim, "second", {"ok": True}, utcnow(), status_fields={"note": "kept"}) \
+            is StepResult.CONTINUE
+
+    assert [step.output for step in rows(app, Step, session_id=session_id)] == [{"ok": True}, {"ok": True}]
+    assert list(claim.outputs) == ["first", "second"]
+    status = status_of(client, session_id)
+    assert status["completed_tasks"] == ["first", "second"] and status["current_agent"] == "third"
+    assert status["note"] == "kept" and status["status"] == "generating"

@@ -1,10 +1,10 @@
-"""Statements of the step-commit path, compiled once and run on the driver's cursor.
+"""Statements of the runner's hot paths, compiled once and run on the driver's cursor.
 
-SQLAlchemy's per-execution work (cache key, execution context, result wrapping) cost 20-40 us a
-statement, several times what SQLite itself spends on these small indexed statements, and a
-step commit runs five of them. Here SQLAlchemy still writes the SQL for the engine's dialect,
-converts every value with the column types' own processors, and owns the transaction (BEGIN
-IMMEDIATE, commit, rollback); only the per-execution layer is skipped.
+SQLAlchemy's per-execution work (cache key, execution context, result wrapping, parameter
+assembly) cost 20-40 us a statement, several times what SQLite itself spends on these small
+indexed statements, and a step commit runs several of them. Here SQLAlchemy still writes the SQL
+for the engine's dialect, converts every value with the column types' own processors, and owns
+the transaction (BEGIN IMMEDIATE, commit, rollback); only the per-execution layer is skipped.
 """
 from typing import Any, Optional
 
@@ -15,24 +15,31 @@ from sqlalchemy.sql import Executable
 class CompiledStatement:
     def __init__(self, statement: Executable, dialect: Dialect, column_keys: Optional[list[str]] = None):
         compiled = statement.compile(dialect=dialect, column_keys=column_keys)
-        self.compiled = compiled
+        if any(bind.required and bind.key != name for bind, name in compiled.bind_names.items()):
+            raise ValueError(f"bind parameters renamed in compilation are not supported: {compiled}")
         self.sql = str(compiled)
         self.order = compiled.positiontup if compiled.positional else None
-        self.bind_processors = {key: bind.type.dialect_impl(dialect).bind_processor(dialect)
-                                for key, bind in compiled.binds.items()}
+        # The statement's own values (the 1 of `version + 1`), which a call never passes.
+        self.defaults = {name: bind.effective_value for bind, name in compiled.bind_names.items()
+                         if not bind.required}
+        self.bind_processors = [(name, processor) for name, processor in
+                                ((name, bind.type.dialect_impl(dialect).bind_processor(dialect))
+                                 for bind, name in compiled.bind_names.items()) if processor is not None]
         columns = list(statement.selected_columns) if getattr(statement, "is_select", False) else []
         self.keys = [column.key for column in columns]
         self.result_processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                                   for column in columns]
 
     def execute(self, conn: Connection, params: dict[str, Any]):
-        """Run on the connection's own DB-API connection, inside its current transaction; returns the cursor."""
-        values = self.compiled.construct_params(params)  # adds the statement's literal values (e.g. `+ 1`)
-        for key, process in self.bind_processors.items():
-            if process is not None and key in values:
-                values[key] = process(values[key])
+        """Run on the connection's own DB-API connection, inside its current transaction; returns the cursor.
+
+        `params` must name every bind parameter the statement has no value for: a missing one is a KeyError.
+        """
+        values = self.defaults | params
+        for name, process in self.bind_processors:
+            values[name] = process(values[name])
         cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(self.sql, tuple(values[key] for key in self.order) if self.order is not None else values)
+        cursor.execute(self.sql, tuple(values[name] for name in self.order) if self.order is not None else values)
         return cursor
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Optional[dict[str, Any]]:

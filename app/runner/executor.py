@@ -119,6 +119,10 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        with self.store.pinned_connection():
+            self._loop_turns()
+
+    def _loop_turns(self) -> None:
         next_heartbeat = next_recovery = 0.0
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -148,7 +152,7 @@ class Runner:
                 if expired:
                     log.info("runner %s: owner %s is dead; resuming its %d sessions", self.owner, owner, expired)
 
-    def _progress_reporter(self, session_id: str):
+    def _progress_reporter(self, claim: Claim):
         """context.progress: at most one status write a second, however often an agent reports."""
         last_write = [0.0]
 
@@ -156,7 +160,7 @@ class Runner:
             now = time.monotonic()
             if now - last_write[0] >= PROGRESS_INTERVAL:
                 last_write[0] = now
-                self._safely(self.store.progress, session_id, self.owner, str(message)[:500])
+                self._safely(self.store.progress, claim, str(message)[:500])
 
         return report
 
@@ -183,33 +187,8 @@ class Runner:
     def _run_session(self, claim: Claim) -> None:
         sid = claim.session_id
         try:
-            if claim.resumed:
-                log.info("resuming session %s after %s", sid, sorted(claim.outputs) or "no finished steps")
-            context = Context(sid, claim.user_request, claim.requirements, dict(claim.outputs), self.settings,
-                              progress=self._progress_reporter(sid), artifact=self._artifact_loader(sid))
-            for agent in self.agents:
-                if agent.name in context.outputs:
-                    continue
-                if self._stopping.is_set():
-                    self.store.release(self.owner, sid)
-                    return
-                started_at = utcnow()
-                try:
-                    result = agent.run(context)
-                    step = result if isinstance(result, StepOutput) else StepOutput(result)
-                    json.dumps([step.output, step.status])  # stored as JSON: refuse what cannot be, here
-                except Exception as exc:
-                    log.exception("session %s: step %s failed", sid, agent.name)
-                    self.store.fail(sid, self.owner, agent.name, f"Step '{agent.name}' failed: "
-                                    f"{type(exc).__name__}: {exc}")
-                    return
-                outcome = self.store.commit_step(sid, self.owner, agent.name, step.output, started_at,
-                                                 artifacts=step.artifacts, status_fields=step.status)
-                if outcome is not StepResult.CONTINUE:
-                    if outcome is StepResult.LOST:
-                        log.warning("session %s: lease lost after step %s; stopping here", sid, agent.name)
-                    return
-                context.outputs[agent.name] = step.output
+            with self.store.pinned_connection():
+                self._run_steps(claim)
         except Exception:
             # A database error mid-session: hand the lease back so it resumes from its last commit.
             log.exception("session %s: runner error; handing the session back", sid)
@@ -219,3 +198,32 @@ class Runner:
                 self._running.discard(sid)
                 self._idle.notify_all()
             self._wake.set()
+
+    def _run_steps(self, claim: Claim) -> None:
+        sid = claim.session_id
+        if claim.resumed:
+            log.info("resuming session %s after %s", sid, sorted(claim.outputs) or "no finished steps")
+        context = Context(sid, claim.user_request, claim.requirements, dict(claim.outputs), self.settings,
+                          progress=self._progress_reporter(claim), artifact=self._artifact_loader(sid))
+        for agent in self.agents:
+            if agent.name in context.outputs:
+                continue
+            if self._stopping.is_set():
+                self.store.release(self.owner, sid)
+                return
+            started_at = utcnow()
+            try:
+                result = agent.run(context)
+                step = result if isinstance(result, StepOutput) else StepOutput(result)
+                json.dumps([step.output, step.status])  # stored as JSON: refuse what cannot be, here
+            except Exception as exc:
+                log.exception("session %s: step %s failed", sid, agent.name)
+                self.store.fail(claim, agent.name, f"Step '{agent.name}' failed: {type(exc).__name__}: {exc}")
+                return
+            outcome = self.store.commit_step(claim, agent.name, step.output, started_at,
+                                             artifacts=step.artifacts, status_fields=step.status)
+            if outcome is not StepResult.CONTINUE:
+                if outcome is StepResult.LOST:
+                    log.warning("session %s: lease lost after step %s; stopping here", sid, agent.name)
+                return
+            context.outputs[agent.name] = step.output

@@ -13,17 +13,19 @@ The invariants, in one place:
 """
 import enum
 import json
+import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from app.database import write_transaction
+from app.database import WRITE, write_transaction
 from app.models import ACTIVE, FINISHED, STATUSES, Artifact, ReportSession, SessionCount, Step, iso, utcnow
 from app.runner.compiled import CompiledStatement
 
@@ -34,22 +36,33 @@ C = SessionCount.__table__
 
 # The statements of the hot paths, built once: building a statement per call cost several times
 # more than running it (a step commit went from ~850 us to a fraction of that).
-_ROW = select(S).where(S.c.id == bindparam("session_id")).with_for_update()
+# A session's state: every column but the ones only the readers want (the document, the topic).
+_STATE = [column for column in S.c if column.key not in ("status_document", "topic", "version")]
+_ROW = select(*_STATE).where(S.c.id == bindparam("session_id")).with_for_update()
 _COMPLETED = select(T.c.name).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
-# Every visible change writes all mutable columns (their merged new values) in one statement shape.
-_MUTABLE = ("status", "current_agent", "progress_message", "status_fields", "error", "failed_step", "updated_at",
-            "finished_at", "lease_owner", "lease_expires_at", "attempts", "cancel_requested")
-_CHANGE = (update(S)
-           .where(S.c.id == bindparam("session_id"),
-                  or_(bindparam("fence", type_=S.c.lease_owner.type).is_(None), S.c.lease_owner == bindparam("fence")))
-           .values(version=S.c.version + 1,
-                   status_document=bindparam("new_status_document", type_=S.c.status_document.type),
-                   **{c: bindparam(f"new_{c}", type_=S.c[c].type) for c in _MUTABLE}))
+_MUTABLE = {"status", "current_agent", "progress_message", "status_fields", "error", "failed_step", "updated_at",
+            "finished_at", "lease_owner", "lease_expires_at", "attempts", "cancel_requested"}
+
+
+def _change_statement(columns: tuple[str, ...]):
+    """A visible change that sets `columns`, the document and version + 1, fenced on the lease owner if given.
+
+    Only the columns a change sets: SQLite rewrites the index entries of every column in the SET
+    list, changed or not, and each page it touches is another page written to the WAL at commit.
+    """
+    return (update(S)
+            .where(S.c.id == bindparam("session_id"),
+                   or_(bindparam("fence", type_=S.c.lease_owner.type).is_(None), S.c.lease_owner == bindparam("fence")))
+            .values(version=S.c.version + 1,
+                    status_document=bindparam("new_status_document", type_=S.c.status_document.type),
+                    **{c: bindparam(f"new_{c}", type_=S.c[c].type) for c in columns}))
+
+
 _COUNT = update(C).where(C.c.status == bindparam("count_status")).values(sessions=C.c.sessions + bindparam("delta"))
 # The oldest runnable session of each active status: queued, or generating but handed back or with
 # an expired lease. One query per status, so each walks ix_sessions_status_newest in order and stops
 # at the first match; a single `status IN (...)` query sorted every active row (3.5 ms at 5,000).
-_RUNNABLE = [select(S).where(S.c.status == status,
+_RUNNABLE = [select(*_STATE).where(S.c.status == status,
                              or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
              .order_by(S.c.created_at, S.c.id).limit(1) for status in ACTIVE]
 _PEEK = [query.with_only_columns(S.c.id) for query in _RUNNABLE]
@@ -73,10 +86,12 @@ class Conflict(Exception):
 
 @dataclass
 class Claim:
+    """A lease on one session, as claim() took it; commit_step, progress and fail write through it."""
     session_id: str
+    owner: str
     user_request: str
     requirements: dict[str, Any]
-    outputs: dict[str, Any]  # finished steps, by name
+    outputs: dict[str, Any]  # recorded steps by name, in order: the claim's, then each commit_step's
     resumed: bool            # a previous run lost its lease mid-way
 
 
@@ -87,7 +102,7 @@ class Store:
         dialect = engine.dialect
         self._row = CompiledStatement(_ROW, dialect)
         self._completed_names = CompiledStatement(_COMPLETED, dialect)
-        self._change_row = CompiledStatement(_CHANGE, dialect)
+        self._changes: dict[tuple[str, ...], CompiledStatement] = {}  # by the columns a change sets
         self._count_move = CompiledStatement(_COUNT, dialect)
         self._insert_step = CompiledStatement(_INSERT_STEP, dialect, column_keys=_STEP_COLUMNS)
         self._peek = [CompiledStatement(query, dialect) for query in _PEEK]
@@ -97,6 +112,37 @@ class Store:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.clock = clock
+        self._pinned = threading.local()
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextmanager
+    def pinned_connection(self) -> Iterator[None]:
+        """Give this thread one connection for its write transactions until the block ends.
+
+        For threads that run many small transactions (the runner's): checking a connection out of
+        the pool for each, wrapping it and handing it back cost a quarter of a step commit.
+        """
+        if getattr(self._pinned, "conn", None) is not None:
+            yield  # nested: the outer block owns it
+            return
+        with self.engine.connect() as conn:
+            self._pinned.conn = conn.execution_options(**WRITE)
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite), on this thread's pinned connection if any."""
+        conn = getattr(self._pinned, "conn", None)
+        if conn is None:
+            with write_transaction(self.engine) as conn:
+                yield conn
+        else:
+            with conn.begin():
+                yield conn
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -142,12 +188,21 @@ class Store:
         merged = dict(row) | values
         if completed is None:
             completed = self._completed(conn, row["id"])
-        params = {f"new_{c}": merged[c] for c in _MUTABLE}
+        params = {f"new_{c}": value for c, value in values.items()}
         params |= {"session_id": row["id"], "fence": fence_owner, "new_status_document": self.render(merged, completed)}
-        changed = self._change_row.rowcount(conn, params) == 1
+        changed = self._change_row(tuple(sorted(values))).rowcount(conn, params) == 1
         if changed and merged["status"] != row["status"]:
             self._count(conn, {row["status"]: -1, merged["status"]: 1})
         return changed
+
+    def _change_row(self, columns: tuple[str, ...]) -> CompiledStatement:
+        statement = self._changes.get(columns)
+        if statement is None:
+            if not _MUTABLE.issuperset(columns):
+                raise ValueError(f"not columns a change may set: {sorted(set(columns) - _MUTABLE)}")
+            # A handful of shapes in all (one per kind of change); a race here only compiles one twice.
+            statement = self._changes[columns] = CompiledStatement(_change_statement(columns), self.engine.dialect)
+        return statement
 
     def _count(self, conn: Connection, deltas: dict[str, int]) -> None:
         for status, delta in deltas.items():
@@ -170,7 +225,7 @@ class Store:
                    error=None, failed_step=None,
                    created_at=now, updated_at=now, finished_at=None, lease_owner=None,
                    lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             conn.execute(insert(S).values(status_document=self.render(row, []), **row))
             self._count(conn, {"queued": 1})
         return session_id
@@ -180,7 +235,7 @@ class Store:
 
         Returns the new status (None if there is no such session); Conflict if it already finished.
         """
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = self._locked_row(conn, session_id)
             if row is None:
                 return None
@@ -198,7 +253,7 @@ class Store:
 
     def retry(self, session_id: str) -> Optional[str]:
         """Send a failed or cancelled session back to the queue; it resumes at its first unfinished step."""
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = self._locked_row(conn, session_id)
             if row is None:
                 return None
@@ -211,7 +266,7 @@ class Store:
 
     def delete(self, session_id: str) -> bool:
         """Remove a session and its steps. A process still running it finds its lease gone and stops."""
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             status = conn.execute(delete(S).where(S.c.id == session_id).returning(S.c.status)).scalar()
             if status is not None:
                 self._count(conn, {status: -1})
@@ -228,7 +283,7 @@ class Store:
             with self.engine.connect() as conn:
                 if all(peek.first(conn, {"now": now}) is None for peek in self._peek):
                     return None
-            with write_transaction(self.engine) as conn:
+            with self._write() as conn:
                 found = [take.first(conn, {"now": now}) for take in self._take]
                 found = [row for row in found if row is not None]
                 if not found:
@@ -254,14 +309,19 @@ class Store:
                     continue
                 self._change(conn, row, completed, status="generating", current_agent=pending[0],
                              attempts=attempts, lease_owner=owner, lease_expires_at=now + self.lease_seconds)
-                return Claim(row["id"], row["user_request"], row["requirements"],
+                return Claim(row["id"], owner, row["user_request"], row["requirements"],
                              {name: output for name, output in steps}, resumed)
 
-    def commit_step(self, session_id: str, owner: str, name: str, output: Any, started_at: datetime,
+    def commit_step(self, claim: Claim, name: str, output: Any, started_at: datetime,
                     artifacts: Optional[dict[str, tuple[str, bytes]]] = None,
                     status_fields: Optional[dict[str, Any]] = None) -> StepResult:
-        """Record a finished step (with its files) and advance the session: one transaction, fenced on the lease."""
-        with write_transaction(self.engine) as conn:
+        """Record a finished step (with its files) and advance the session: one transaction, fenced on the lease.
+
+        The recorded steps are the claim's own list: while its owner holds the lease nobody else
+        records one, so there is nothing to read back. On success the step joins `claim.outputs`.
+        """
+        session_id, owner = claim.session_id, claim.owner
+        with self._write() as conn:
             row = self._locked_row(conn, session_id)
             if row is None or row["lease_owner"] != owner:
                 return StepResult.LOST
@@ -272,7 +332,7 @@ class Store:
             for artifact_name, (content_type, data) in (artifacts or {}).items():
                 conn.execute(_INSERT_ARTIFACT, {"session_id": session_id, "step": name, "name": artifact_name,
                                                 "content_type": content_type, "data": data, "created_at": now})
-            completed = self._completed(conn, session_id)
+            completed = [*claim.outputs, name]
             pending = [n for n in self.step_names if n not in completed]
             if not pending:
                 values = dict(status="completed", current_agent=None, finished_at=now, lease_owner=None,
@@ -291,15 +351,16 @@ class Store:
             if not self._change(conn, row, completed, fence_owner=owner, updated_at=now, **values):
                 # Unreachable while the row is locked; if it ever happens, the raise rolls back the step row.
                 raise RuntimeError(f"fenced update of session {session_id} matched no row")
-            return result
+        claim.outputs[name] = output
+        return result
 
-    def progress(self, session_id: str, owner: str, message: str) -> bool:
-        """Show the running step's latest progress message (if this process still holds the session)."""
-        with write_transaction(self.engine) as conn:
-            row = self._locked_row(conn, session_id)
-            if row is None or row["lease_owner"] != owner or row["progress_message"] == message:
+    def progress(self, claim: Claim, message: str) -> bool:
+        """Show the running step's latest progress message (if the claim still holds the session)."""
+        with self._write() as conn:
+            row = self._locked_row(conn, claim.session_id)
+            if row is None or row["lease_owner"] != claim.owner or row["progress_message"] == message:
                 return False
-            return self._change(conn, row, fence_owner=owner, progress_message=message)
+            return self._change(conn, row, list(claim.outputs), fence_owner=claim.owner, progress_message=message)
 
     def artifact(self, session_id: str, name: str) -> Optional[tuple[str, bytes]]:
         """(content type, data) of a file a step stored, or None."""
@@ -308,19 +369,20 @@ class Store:
                                  .where(A.c.session_id == session_id, A.c.name == name)).first()
         return (found[0], found[1]) if found else None
 
-    def fail(self, session_id: str, owner: str, step: str, error: str) -> bool:
-        """An agent raised: the session fails with the step and the reason (if we still hold it)."""
-        with write_transaction(self.engine) as conn:
-            row = self._locked_row(conn, session_id)
-            if row is None or row["lease_owner"] != owner:
+    def fail(self, claim: Claim, step: str, error: str) -> bool:
+        """An agent raised: the session fails with the step and the reason (if the claim still holds it)."""
+        with self._write() as conn:
+            row = self._locked_row(conn, claim.session_id)
+            if row is None or row["lease_owner"] != claim.owner:
                 return False
-            return self._change(conn, row, fence_owner=owner, status="failed", error=error, failed_step=step,
+            return self._change(conn, row, list(claim.outputs), fence_owner=claim.owner, status="failed",
+                                error=error, failed_step=step,
                                 finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
                                 cancel_requested=False, progress_message=None)
 
     def heartbeat(self, owner: str) -> int:
         """Extend every lease this process holds; returns how many it still holds."""
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             return conn.execute(update(S).where(S.c.lease_owner == owner, S.c.status == "generating")
                                 .values(lease_expires_at=self.clock() + self.lease_seconds)).rowcount
 
@@ -329,7 +391,7 @@ class Store:
         stmt = update(S).where(S.c.lease_owner == owner)
         if session_id is not None:
             stmt = stmt.where(S.c.id == session_id)
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
 
     def lease_owners(self) -> list[str]:
@@ -339,7 +401,7 @@ class Store:
 
     def expire_leases_of(self, owner: str) -> int:
         """Mark a dead process's leases expired, so the next claim resumes its sessions now."""
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             return conn.execute(update(S).where(S.c.lease_owner == owner, S.c.lease_expires_at > 0)
                                 .values(lease_expires_at=0)).rowcount
 
@@ -354,7 +416,7 @@ class Store:
                 return conn.execute(select(func.count()).select_from(S).where(*old)).scalar_one()
         removed = 0
         while True:
-            with write_transaction(self.engine) as conn:
+            with self._write() as conn:
                 ids = conn.execute(select(S.c.id).where(*old).limit(batch_size).with_for_update(skip_locked=True)
                                    ).scalars().all()
                 if ids:
@@ -374,7 +436,7 @@ class Store:
         the old store saved no step outputs, so there are no step rows to resume from.
         """
         imported, skipped = [], []
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             existing = set(conn.execute(select(S.c.id).where(S.c.id.in_([s["id"] for s in sessions]))).scalars())
             for session in sessions:
                 if session["id"] in existing:
