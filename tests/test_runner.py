@@ -75,6 +75,19 @@ def test_steps_are_recorded_once_in_order_with_their_outputs(app, client, agent_
     assert [step for _, step, _ in read_agent_log(agent_log)] == ["first", "second", "third"]
 
 
+@pytest.mark.pipeline(FAST)
+def test_one_runner_thread_works_through_a_backlog_one_session_after_another(app, client, agent_log):
+    """A thread that finishes a session claims the next itself; each still runs once, in order."""
+    ids = [client.post("/api/submit-requirements", json=SUBMISSION).get_json()["session_id"] for _ in range(5)]
+    app.config["RUNNER_THREADS"] = 1
+    start_runner(app)
+
+    assert all(wait_for(lambda i=i: finished(client, i))["status"] == "completed" for i in ids)
+
+    ran = [(session, step) for session, step, _ in read_agent_log(agent_log)]
+    assert ran == [(i, step) for i in ids for step in ("first", "second", "third")]  # oldest first, no overlap
+
+
 @pytest.mark.pipeline(["agents:First", "agents:Explode", "agents:Third"])
 def test_an_agent_that_raises_fails_the_session_with_the_step_and_reason(app, client, agent_log):
     start_runner(app)

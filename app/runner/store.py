@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Optional
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import WRITE, write_transaction
@@ -62,9 +62,10 @@ _COUNT = update(C).where(C.c.status == bindparam("count_status")).values(session
 # The oldest runnable session of each active status: queued, or generating but handed back or with
 # an expired lease. One query per status, so each walks ix_sessions_status_newest in order and stops
 # at the first match; a single `status IN (...)` query sorted every active row (3.5 ms at 5,000).
-_RUNNABLE = [select(*_STATE).where(S.c.status == status,
-                             or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
-             .order_by(S.c.created_at, S.c.id).limit(1) for status in ACTIVE]
+# LIMIT 1 is written into the SQL: SQLite runs these ~4 us slower with the limit as a parameter.
+_RUNNABLE = [select(*_STATE)
+             .where(S.c.status == status, or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
+             .order_by(S.c.created_at, S.c.id).limit(literal_column("1")) for status in ACTIVE]
 _PEEK = [query.with_only_columns(S.c.id) for query in _RUNNABLE]
 _TAKE = [query.with_for_update(skip_locked=True) for query in _RUNNABLE]
 _STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
@@ -113,6 +114,7 @@ class Store:
         self.max_attempts = max_attempts
         self.clock = clock
         self._pinned = threading.local()
+        self._found_work = False  # the last claim took a session: look no more before the next
 
     # -- connections -----------------------------------------------------------------------
 
@@ -279,15 +281,17 @@ class Store:
         while True:
             now = self.clock()
             # Look before taking the write lock: an idle process asks every second, and most of the
-            # time there is nothing to claim.
-            with self.engine.connect() as conn:
-                if all(peek.first(conn, {"now": now}) is None for peek in self._peek):
-                    return None
+            # time there is nothing to claim. While claims keep finding work, go straight to the take.
+            if not self._found_work:
+                with self.engine.connect() as conn:
+                    if all(peek.first(conn, {"now": now}) is None for peek in self._peek):
+                        return None
             with self._write() as conn:
                 found = [take.first(conn, {"now": now}) for take in self._take]
                 found = [row for row in found if row is not None]
+                self._found_work = bool(found)
                 if not found:
-                    return None  # another process was quicker
+                    return None  # another process was quicker, or the queue ran dry
                 row = min(found, key=lambda r: (r["created_at"], r["id"]))
                 steps = [(r["name"], r["output"]) for r in self._steps.all(conn, {"session_id": row["id"]})]
                 completed = [name for name, _ in steps]
