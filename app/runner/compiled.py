@@ -6,6 +6,7 @@ indexed statements, and a step commit runs several of them. Here SQLAlchemy stil
 for the engine's dialect, converts every value with the column types' own processors, and owns
 the transaction (BEGIN IMMEDIATE, commit, rollback); only the per-execution layer is skipped.
 """
+from operator import itemgetter
 from typing import Any, Optional
 
 from sqlalchemy.engine import Connection, Dialect
@@ -18,7 +19,14 @@ class CompiledStatement:
         if any(bind.required and bind.key != name for bind, name in compiled.bind_names.items()):
             raise ValueError(f"bind parameters renamed in compilation are not supported: {compiled}")
         self.sql = str(compiled)
-        self.order = compiled.positiontup if compiled.positional else None
+        order = compiled.positiontup if compiled.positional else None
+        # The driver's parameters from a dict of them: a tuple in bind order, or the dict itself.
+        if order is None:
+            self.arguments = lambda values: values
+        elif len(order) == 1:
+            self.arguments = lambda values, key=order[0]: (values[key],)
+        else:
+            self.arguments = itemgetter(*order)
         # The statement's own values (the 1 of `version + 1`), which a call never passes.
         self.defaults = {name: bind.effective_value for bind, name in compiled.bind_names.items()
                          if not bind.required}
@@ -27,8 +35,9 @@ class CompiledStatement:
                                  for bind, name in compiled.bind_names.items()) if processor is not None]
         columns = list(statement.selected_columns) if getattr(statement, "is_select", False) else []
         self.keys = [column.key for column in columns]
-        self.result_processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                                  for column in columns]
+        self.result_processors = [(column.key, processor) for column, processor in
+                                  ((column, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                                   for column in columns) if processor is not None]
 
     def execute(self, conn: Connection, params: dict[str, Any]):
         """Run on the connection's own DB-API connection, inside its current transaction; returns the cursor.
@@ -39,7 +48,7 @@ class CompiledStatement:
         for name, process in self.bind_processors:
             values[name] = process(values[name])
         cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(self.sql, tuple(values[name] for name in self.order) if self.order is not None else values)
+        cursor.execute(self.sql, self.arguments(values))
         return cursor
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -50,12 +59,15 @@ class CompiledStatement:
         return [self._mapping(row) for row in self.execute(conn, params).fetchall()]
 
     def _mapping(self, row) -> dict[str, Any]:
-        return {key: (process(value) if process else value)
-                for key, process, value in zip(self.keys, self.result_processors, row)}
+        mapping = dict(zip(self.keys, row))
+        for key, process in self.result_processors:
+            mapping[key] = process(mapping[key])
+        return mapping
 
     def scalars(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
-        process = self.result_processors[0]
-        return [process(row[0]) if process else row[0] for row in self.execute(conn, params).fetchall()]
+        process = dict(self.result_processors).get(self.keys[0])
+        values = [row[0] for row in self.execute(conn, params).fetchall()]
+        return [process(value) for value in values] if process else values
 
     def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
         return self.execute(conn, params).rowcount

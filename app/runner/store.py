@@ -74,6 +74,10 @@ _STEP_COLUMNS = ["session_id", "name", "position", "output", "started_at", "fini
 _INSERT_ARTIFACT = insert(A)
 
 
+# One encoder for every document: json.dumps with any option builds a new encoder per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 class StepResult(enum.Enum):
     CONTINUE = "continue"    # recorded; run the next step
     COMPLETED = "completed"  # recorded; that was the last step
@@ -173,7 +177,7 @@ class Store:
         }
         for key, value in (row["status_fields"] or {}).items():
             doc.setdefault(key, value)  # a step adds fields; it cannot overwrite the session's own
-        return json.dumps(doc, separators=(",", ":"))
+        return _COMPACT_JSON.encode(doc)
 
     def _completed(self, conn: Connection, session_id: str) -> list[str]:
         return self._completed_names.scalars(conn, {"session_id": session_id})
