@@ -1,4 +1,4 @@
-"""Statements of the runner's hot paths, compiled once and run on the driver's cursor.
+"""Statements of the hot paths (step commits, claims, polls, listings), compiled once, run on the driver.
 
 SQLAlchemy's per-execution work (cache key, execution context, result wrapping, parameter
 assembly) cost 20-40 us a statement, several times what SQLite itself spends on these small
@@ -40,14 +40,18 @@ class CompiledStatement:
                                    for column in columns) if processor is not None]
 
     def execute(self, conn: Connection, params: dict[str, Any]):
-        """Run on the connection's own DB-API connection, inside its current transaction; returns the cursor.
+        """Run on the connection's own DB-API connection, inside its current transaction; returns the cursor."""
+        return self.run(conn.connection.dbapi_connection, params)
+
+    def run(self, dbapi_connection, params: dict[str, Any]):
+        """Run on a DB-API connection (e.g. a pool's raw_connection()); returns the cursor, rows unconverted.
 
         `params` must name every bind parameter the statement has no value for: a missing one is a KeyError.
         """
         values = self.defaults | params
         for name, process in self.bind_processors:
             values[name] = process(values[name])
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = dbapi_connection.cursor()
         cursor.execute(self.sql, self.arguments(values))
         return cursor
 

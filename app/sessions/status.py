@@ -12,26 +12,25 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 
 from app.models import ReportSession
+from app.runner.compiled import CompiledStatement
 
 PREFIX = "/api/report-status/"
 
 
 class StatusReader:
-    """Reads (version, document) with the driver directly: this is the hottest query there is."""
+    """Reads (version, document) on a raw pool connection: this is the hottest query there is."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         S = ReportSession.__table__
-        compiled = select(S.c.version, S.c.status_document).where(S.c.id == bindparam("id")).compile(
-            dialect=engine.dialect)
-        self.sql = str(compiled)
-        self.positional = compiled.positional
+        # Both columns are plain integer and text: the driver's values need no conversion.
+        self._read = CompiledStatement(select(S.c.version, S.c.status_document).where(S.c.id == bindparam("id")),
+                                       engine.dialect)
 
     def __call__(self, session_id: str) -> Optional[tuple[int, str]]:
         conn = self.engine.raw_connection()
         try:
-            cursor = conn.cursor()
-            cursor.execute(self.sql, (session_id,) if self.positional else {"id": session_id})
+            cursor = self._read.run(conn, {"id": session_id})
             row = cursor.fetchone()
             cursor.close()
         finally:
