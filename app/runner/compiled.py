@@ -23,6 +23,8 @@ class CompiledStatement:
         # The driver's parameters from a dict of them: a tuple in bind order, or the dict itself.
         if order is None:
             self.arguments = lambda values: values
+        elif not order:
+            self.arguments = lambda values: ()
         elif len(order) == 1:
             self.arguments = lambda values, key=order[0]: (values[key],)
         else:
@@ -57,12 +59,13 @@ class CompiledStatement:
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Optional[dict[str, Any]]:
         row = self.execute(conn, params).fetchone()
-        return self._mapping(row) if row is not None else None
+        return self.mapping(row) if row is not None else None
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self._mapping(row) for row in self.execute(conn, params).fetchall()]
+        return [self.mapping(row) for row in self.execute(conn, params).fetchall()]
 
-    def _mapping(self, row) -> dict[str, Any]:
+    def mapping(self, row) -> dict[str, Any]:
+        """A driver row as {column key: value converted by the column's type}."""
         mapping = dict(zip(self.keys, row))
         for key, process in self.result_processors:
             mapping[key] = process(mapping[key])

@@ -113,6 +113,7 @@ class Store:
         self._peek = [CompiledStatement(query, dialect) for query in _PEEK]
         self._take = [CompiledStatement(query, dialect) for query in _TAKE]
         self._steps = CompiledStatement(_STEPS, dialect)
+        self._counts = CompiledStatement(select(C.c.status, C.c.sessions), dialect)
         self.step_names = list(step_names)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
@@ -216,9 +217,12 @@ class Store:
                 conn.execute(insert(C).values(status=status, sessions=delta))
 
     def counts(self) -> dict[str, int]:
-        """Sessions by status, without counting rows."""
-        with self.engine.connect() as conn:
-            found = dict(conn.execute(select(C.c.status, C.c.sessions)).all())
+        """Sessions by status, without counting rows (every listing asks: a raw read, as the status poll's)."""
+        conn = self.engine.raw_connection()
+        try:
+            found = dict(self._counts.run(conn, {}).fetchall())
+        finally:
+            conn.close()
         return {status: found.get(status, 0) for status in STATUSES}
 
     # -- web: submit, cancel, retry, delete --------------------------------------------------

@@ -48,8 +48,12 @@ class SessionPages:
         params = {"limit": limit + 1, "status": status}
         if cursor is not None:
             params |= {"cursor_created_at": cursor[0], "cursor_id": cursor[1]}
-        with self.engine.connect() as conn:
-            rows = self._queries[(status is not None, cursor is not None)].all(conn, params)
+        query = self._queries[(status is not None, cursor is not None)]
+        conn = self.engine.raw_connection()  # no Connection object: a read outside any transaction
+        try:
+            rows = [query.mapping(row) for row in query.run(conn, params).fetchall()]
+        finally:
+            conn.close()
         more = len(rows) > limit
         rows = rows[:limit]
         sessions = [{"session_id": r["id"], "status": r["status"], "topic": r["topic"],
