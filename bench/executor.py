@@ -5,8 +5,9 @@ its default 4 threads in each worker) with REPORTS_PIPELINE = 5 no-op agents (be
 on PYTHONPATH). Once the server answers, a batch of SESSIONS queued sessions goes into the database
 in one transaction (fill_sessions, status "queued"), and the clock runs from that commit until the
 session_counts table, polled every 10 ms, shows every one completed; BATCHES batches in a row on
-the same server, the median counts. (A claim reads every queued session to find the oldest, so its
-cost grows with the queue: a batch of a few hundred keeps that term small on both sides.)
+the same server, the median counts. (The raw loop's claim sorts the queued sessions to find the
+oldest, so its cost grows with the queue; ours walks the status index. A batch of a few hundred
+keeps that term small for the baseline.)
 REPORTS_POLL_SECONDS=0.05 bounds how long an idle runner takes to notice the batch (with the
 default 1 s that wait alone would be a large part of the run); once busy, a runner claims again as
 soon as a session ends.
@@ -30,7 +31,7 @@ NAME = "executor"
 WHAT = "steps/s through claim -> no-op step -> commit in gunicorn -w 1 / -w 2 vs a raw sqlite3 loop"
 
 SESSIONS = 300          # a batch, x 5 steps (the claim's cost grows with the queue: keep it moderate)
-BATCHES = 3             # on one server; the median batch counts
+BATCHES = 5             # on one server; the median batch counts (each is ~0.3 s: more of them steady it)
 QUICK_SESSIONS = 100
 QUICK_BATCHES = 1
 RAW_RUNS = 3
