@@ -36,7 +36,7 @@ C = SessionCount.__table__
 
 # The statements of the hot paths, built once: building a statement per call cost several times
 # more than running it (a step commit went from ~850 us to a fraction of that).
-# A session's state: every column but the ones only the readers want (the document, the topic).
+# A session's state: every column but those only readers want (the document, its version, the topic).
 _STATE = [column for column in S.c if column.key not in ("status_document", "topic", "version")]
 _ROW = select(*_STATE).where(S.c.id == bindparam("session_id")).with_for_update()
 _COMPLETED = select(T.c.name).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
