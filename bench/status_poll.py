@@ -3,7 +3,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 from bench.common import ROOT, Result, median, temporary_folder
 
@@ -44,28 +43,13 @@ def wrk(binary: str, url: str, seconds: int, headers=()) -> tuple[float, str]:
 
 def start_bare(log_dir, env):
     """`gunicorn -w 2 bare_app:app` from bench/, so the project's gunicorn.conf.py does not apply."""
-    from servers import BIN, Server, free_port, request
+    from servers import Server, free_port
 
     class BareServer(Server):
-        def start(self, timeout: float = 60):
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
-                     "bare_app:app"],
-                    cwd=ROOT / "bench", env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"bare gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    if request("GET", self.url + "/api/report-status/x", timeout=2).status == 200:
-                        return self
-                except OSError:
-                    pass
-                time.sleep(0.1)
-            self.kill()
-            raise RuntimeError(f"bare gunicorn did not answer within {timeout}s:\n{self.log_tail()}")
+        app = "bare_app:app"
+        options = ("--no-control-socket",)
+        folder = ROOT / "bench"
+        ready_path = "/api/report-status/x"
 
     return BareServer(env, log_dir, workers=2, name="bare", port=free_port())
 

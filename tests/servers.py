@@ -92,25 +92,32 @@ class Server:
         self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
         self.proc: Optional[subprocess.Popen] = None
 
+    # What to run, from where, and the path that answers 200 once it serves (a subclass may change them).
+    app = "wsgi:app"
+    options: tuple[str, ...] = ()
+    folder = PROJECT
+    ready_path = "/api/sessions"
+
     def start(self, timeout: float = 60) -> "Server":
-        """Start, and return once GET /api/sessions answers 200; fail with the log tail otherwise."""
+        """Start, and return once GET `ready_path` answers 200; fail with the log tail otherwise."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", "wsgi:app"],
-                cwd=PROJECT, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [str(BIN / "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}", *self.options,
+                 self.app],
+                cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode} at start:\n{self.log_tail()}")
             try:
-                if request("GET", self.url + "/api/sessions", timeout=2).status == 200:
+                if request("GET", self.url + self.ready_path, timeout=2).status == 200:
                     return self
             except OSError:  # not listening yet
                 pass
             time.sleep(0.2)
         self.kill()
-        raise RuntimeError(f"gunicorn did not answer /api/sessions within {timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(f"gunicorn did not answer {self.ready_path} within {timeout}s:\n{self.log_tail()}")
 
     @property
     def running(self) -> bool:
