@@ -9,7 +9,7 @@ the transaction (BEGIN IMMEDIATE, commit, rollback); only the per-execution laye
 from operator import itemgetter
 from typing import Any, Optional
 
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql import Executable
 
 
@@ -56,6 +56,20 @@ class CompiledStatement:
         cursor = dbapi_connection.cursor()
         cursor.execute(self.sql, self.arguments(values))
         return cursor
+
+    def read(self, engine: Engine, params: dict[str, Any]) -> list[tuple]:
+        """The driver's rows, unconverted, read on a raw pool connection outside any transaction.
+
+        For the hottest reads (the status poll, listings): no Connection object is built for them.
+        """
+        conn = engine.raw_connection()
+        try:
+            cursor = self.run(conn, params)
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            conn.close()
+        return rows
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Optional[dict[str, Any]]:
         row = self.execute(conn, params).fetchone()

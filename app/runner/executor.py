@@ -201,7 +201,7 @@ class Runner:
             log.exception("runner %s: no database connection for this thread", self.owner)
             if current is not None:
                 self._safely(self.store.release, self.owner, current.session_id)
-                self._claim_next(current.session_id, look=False)
+                self._hand_over_slot(current.session_id, None)
 
     def _run_claim(self, claim: Claim) -> None:
         try:
@@ -211,14 +211,19 @@ class Runner:
             log.exception("session %s: runner error; handing the session back", claim.session_id)
             self._safely(self.store.release, self.owner, claim.session_id)
 
-    def _claim_next(self, finished: str, look: bool = True) -> Optional[Claim]:
+    def _claim_next(self, finished: str) -> Optional[Claim]:
         """Take the next session for this thread's slot (None when stopping, idle or failing), freeing `finished`'s."""
         claim = None
-        if look and not self._stopping.is_set():
+        if not self._stopping.is_set():
             try:
                 claim = self.store.claim(self.owner)
             except Exception:
                 log.exception("runner %s: claim failed; the loop will try again", self.owner)
+        self._hand_over_slot(finished, claim)
+        return claim
+
+    def _hand_over_slot(self, finished: str, claim: Optional[Claim]) -> None:
+        """`finished` leaves this thread's slot and `claim` (if any) takes it; an empty slot wakes the loop."""
         with self._idle:
             self._running.discard(finished)
             if claim is not None:
@@ -226,7 +231,6 @@ class Runner:
             self._idle.notify_all()
         if claim is None:
             self._wake.set()  # a slot is free: the loop fills it when there is work
-        return claim
 
     def _run_steps(self, claim: Claim) -> None:
         sid = claim.session_id

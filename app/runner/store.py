@@ -218,11 +218,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Sessions by status, without counting rows (every listing asks: a raw read, as the status poll's)."""
-        conn = self.engine.raw_connection()
-        try:
-            found = dict(self._counts.run(conn, {}).fetchall())
-        finally:
-            conn.close()
+        found = dict(self._counts.read(self.engine, {}))
         return {status: found.get(status, 0) for status in STATUSES}
 
     # -- web: submit, cancel, retry, delete --------------------------------------------------

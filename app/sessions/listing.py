@@ -49,11 +49,7 @@ class SessionPages:
         if cursor is not None:
             params |= {"cursor_created_at": cursor[0], "cursor_id": cursor[1]}
         query = self._queries[(status is not None, cursor is not None)]
-        conn = self.engine.raw_connection()  # no Connection object: a read outside any transaction
-        try:
-            rows = [query.mapping(row) for row in query.run(conn, params).fetchall()]
-        finally:
-            conn.close()
+        rows = [query.mapping(row) for row in query.read(self.engine, params)]
         more = len(rows) > limit
         rows = rows[:limit]
         sessions = [{"session_id": r["id"], "status": r["status"], "topic": r["topic"],

@@ -18,7 +18,7 @@ PREFIX = "/api/report-status/"
 
 
 class StatusReader:
-    """Reads (version, document) on a raw pool connection: this is the hottest query there is."""
+    """Reads (version, document) by primary key: this is the hottest query there is."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -28,14 +28,8 @@ class StatusReader:
                                        engine.dialect)
 
     def __call__(self, session_id: str) -> Optional[tuple[int, str]]:
-        conn = self.engine.raw_connection()
-        try:
-            cursor = self._read.run(conn, {"id": session_id})
-            row = cursor.fetchone()
-            cursor.close()
-        finally:
-            conn.close()
-        return (row[0], row[1]) if row else None
+        rows = self._read.read(self.engine, {"id": session_id})
+        return (rows[0][0], rows[0][1]) if rows else None
 
 
 def etag_for(version: int) -> str:
