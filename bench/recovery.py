@@ -32,6 +32,8 @@ def agent_log(path) -> list[tuple[str, str, int, float]]:
 
 def first_answer(url: str, stop: threading.Event, found: list) -> None:
     """Try GET /api/sessions every 10 ms; record the wall-clock time of the first 200."""
+    from servers import BROKEN_EXCHANGE
+
     parsed = urllib.parse.urlsplit(url)
     while not stop.is_set():
         conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=1)
@@ -40,7 +42,7 @@ def first_answer(url: str, stop: threading.Event, found: list) -> None:
             if conn.getresponse().status == 200:
                 found.append(time.time())
                 return
-        except OSError:
+        except BROKEN_EXCHANGE:  # not listening yet
             pass
         finally:
             conn.close()

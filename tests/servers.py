@@ -4,7 +4,13 @@
 hooks start a runner in each worker (and stop it on a graceful exit), exactly as in production.
 It runs in a process group of its own, so `kill()` reaches the master and every worker at once,
 as a crash of the whole machine or container would. Only the standard library is used.
+
+A test that kills or restarts a server will see some of its requests fail on the way: refused,
+reset, or an answer cut short after its headers. `BROKEN_EXCHANGE` names them all, and
+`wait_until` (with `Server.start`) treats them as "ask again", so every poll of such a server
+survives its death in one place.
 """
+import http.client
 import json
 import os
 import signal
@@ -23,6 +29,11 @@ BIN = PROJECT / ".venv" / "bin"
 # Inherited settings that would change what a test server does behind the test's back.
 _SCRUBBED_PREFIXES = ("REPORTS_", "FLASK_", "TEST_AGENT_")
 _SCRUBBED = {"DATABASE_URL", "WEB_CONCURRENCY", "BIND", "GUNICORN_CMD_ARGS", "PYTHONPATH"}
+
+# What a client gets from a server that dies or restarts under it: connection refused or reset
+# and timeouts are OSErrors (urllib's URLError included); a response cut short after its headers
+# is an http.client.HTTPException (IncompleteRead, RemoteDisconnected's BadStatusLine), not one.
+BROKEN_EXCHANGE = (ConnectionError, TimeoutError, urllib.error.URLError, http.client.HTTPException)
 
 
 def query(db_path, sql: str, params=()) -> list[tuple]:
@@ -113,7 +124,7 @@ class Server:
             try:
                 if request("GET", self.url + self.ready_path, timeout=2).status == 200:
                     return self
-            except OSError:  # not listening yet
+            except BROKEN_EXCHANGE:  # not listening yet, or a worker died while it answered
                 pass
             time.sleep(0.2)
         self.kill()
@@ -224,12 +235,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str = "con
                interval: float = 0.2) -> Any:
     """Poll predicate() every `interval` s until it is truthy and return its value.
 
-    The timeout is only an upper bound that stops a broken test from hanging, never a speed check.
+    A broken exchange with a server (BROKEN_EXCHANGE) counts as "not yet": the server may be
+    dying, restarting or replacing a worker, and the next poll asks again. The timeout is only an
+    upper bound that stops a broken test from hanging, never a speed check.
     """
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
-        if value:
+        try:
+            value = predicate()
+        except BROKEN_EXCHANGE as exc:
+            value = exc
+        if value and not isinstance(value, BaseException):
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"{message}: not true after {timeout}s (last value {value!r})")

@@ -53,11 +53,8 @@ def agent_runs(log_path):
 
 
 def finished_statuses(url, session_ids):
-    """Every session's status once all have finished, else None (also while no worker answers)."""
-    try:
-        docs = {sid: status(url, sid) for sid in session_ids}
-    except OSError:  # a worker died mid-request or is being replaced: ask again
-        return None
+    """Every session's status once all have finished, else None."""
+    docs = {sid: status(url, sid) for sid in session_ids}
     return docs if all(doc["status"] in FINISHED for doc in docs.values()) else None
 
 
