@@ -99,7 +99,8 @@ def library(tmp_path):
     (folder / "ev-charging.md").write_text(
         "# Charging networks\n\nSource: Test Grid Report 2024\n\n"
         "Public chargers for electric cars passed 4 million worldwide in 2023. "
-        "Fast chargers grew faster than slow chargers in 2023 across most markets.\n")
+        "Fast chargers grew faster than slow chargers in 2023 across most markets. "
+        "Most electric car owners charge at home, while electric car drivers in cities rely on public chargers.\n")
     (folder / "tea.md").write_text(
         "# Tea harvests\n\nSource: Test Tea Board\n\n"
         "Tea harvests in the highlands depend on the monsoon rains each spring. "

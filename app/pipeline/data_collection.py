@@ -2,16 +2,19 @@
 
 URLs the request names come first (the user asked for them), fetched through the SSRF guard
 in web.py; one that fails or is blocked is a skipped source with its reason, never a failed
-session. The rest are the library documents whose passages best match the outline (BM25 over
-FTS5). Every source keeps its title, location, retrieval time, content hash and the passages
-the writer may quote, so each citation can be traced back.
+session. The rest are the library documents about the report's subject, decided per whole
+document (relevance.py); once a document is in, all its passages are the writer's to place.
+Every source keeps its title, location, its own source line and date, retrieval time, content
+hash and the passages the writer may quote, so each citation can be traced back. A subject the
+library does not cover, with no usable URL, fails the step with what to do.
 """
 from datetime import datetime, timezone
 
 from app.pipeline.library import library_folder, library_index
+from app.pipeline.relevance import select
 from app.pipeline.text import rank
 
-PASSAGES_PER_SOURCE = 8
+PASSAGES_PER_SOURCE = 60  # a source's best passages the writer may use; most documents have fewer
 
 
 def outline_query(context) -> str:
@@ -35,6 +38,10 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+class NothingOnTheSubject(ValueError):
+    """The library holds no document about the report's subject and the request named no usable URL."""
+
+
 class DataCollection:
     name = "data_collection"
 
@@ -43,22 +50,12 @@ class DataCollection:
         query = outline_query(context)
         sources, skipped = self._from_urls(context, query, wanted)
         folder = library_folder(context.settings.get("LIBRARY_DIR"))
-        index = library_index(folder)
-        documents = index.refresh()
+        documents = library_index(folder).refresh()
         context.progress(f"searching {len(documents)} library documents")
 
-        # Documents ranked by their three best passages: one long document with a single relevant
-        # paragraph should not beat a short one about the topic.
-        best: dict[str, list[tuple[float, str]]] = {}
-        by_path = {}
-        subject = context.outputs["planner"]["subject"]
-        for document, passage, score in index.search(query, about=subject):
-            by_path[document.path] = document
-            best.setdefault(document.path, []).append((score, passage))
-        ranked = sorted(best, key=lambda path: -sum(score for score, _ in best[path][:3]))
-        for path in ranked[:max(0, wanted - len(sources))]:
-            document = by_path[path]
-            chosen = {passage for _, passage in best[path][:PASSAGES_PER_SOURCE]}
+        topic = context.requirements["topic"]
+        chosen = select(documents, topic, context.user_request, max(0, wanted - len(sources)))
+        for document in chosen.documents:
             sources.append({
                 "title": document.title,
                 "location": f"library:{document.path}",
@@ -66,17 +63,27 @@ class DataCollection:
                 "published_retrieved": document.retrieved,
                 "retrieved_at": now_iso(),
                 "content_hash": document.content_hash,
-                "relevance": round(sum(score for score, _ in best[path][:3]), 3),
-                # In document order, so quoted sentences keep their original sense.
-                "passages": [p for p in document.passages if p in chosen],
+                "passages": _passages(list(document.passages), query),
             })
             context.progress(f"collected {len(sources)} of {wanted} sources")
+        if not sources:
+            raise NothingOnTheSubject(
+                f"none of the {len(documents)} documents in the library ({folder}) is about {topic!r}"
+                + (f" (no document dwells on {', '.join(chosen.subject_words)})" if chosen.subject_words else "")
+                + ", and the request names no URL that could be read: add documents about it to "
+                  "REPORTS_LIBRARY_DIR, name URLs in `urls`, or word the topic as the library does")
         for number, source in enumerate(sources, start=1):
             source["number"] = number
         return {
             "library": str(folder),
             "documents_searched": len(documents),
+            "documents_on_subject": chosen.on_subject,
             "requested": wanted,
+            "subject_words": chosen.subject_words,
+            "subject_terms": chosen.subject_terms,
+            # Framing words of the topic kept as a condition, and those given up to find enough documents.
+            "required_words": chosen.required_words,
+            "relaxed_words": chosen.dropped_words,
             "sources": sources,
             "skipped": skipped,
         }
@@ -101,7 +108,6 @@ class DataCollection:
             if not paragraphs:
                 skipped.append({"url": url, "reason": "no readable text on the page"})
                 continue
-            chosen = {i for i, _ in rank(paragraphs, query, PASSAGES_PER_SOURCE)} or set(range(PASSAGES_PER_SOURCE))
             sources.append({
                 "title": title or fetched.final_url,
                 "location": fetched.final_url,
@@ -109,7 +115,14 @@ class DataCollection:
                 "published_retrieved": None,
                 "retrieved_at": fetched.retrieved_at,
                 "content_hash": fetched.content_hash,
-                "relevance": None,
-                "passages": [p for i, p in enumerate(paragraphs) if i in chosen],
+                "passages": _passages(paragraphs, query),
             })
         return sources, skipped
+
+
+def _passages(paragraphs: list[str], query: str) -> list[str]:
+    """A source's passages in document order: all of them, or its best PASSAGES_PER_SOURCE when it is long."""
+    if len(paragraphs) <= PASSAGES_PER_SOURCE:
+        return paragraphs
+    best = {i for i, _ in rank(paragraphs, query, PASSAGES_PER_SOURCE)} or set(range(PASSAGES_PER_SOURCE))
+    return [p for i, p in enumerate(paragraphs) if i in best]

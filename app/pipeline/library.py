@@ -125,9 +125,17 @@ def parse_document(relative_path: str, raw: bytes) -> Document:
         except Unreadable:
             title, text = None, ""  # an empty or scanned file: a document with nothing to quote
     paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    paragraphs = [p for p in paragraphs if p]
+    if paragraphs and not title and _is_heading(paragraphs[0]):
+        title = paragraphs[0]  # a plain-text file's first line, standing alone, is its title
+    paragraphs = [p for p in paragraphs if p != title]
     fallback_title = Path(relative_path).stem.replace("-", " ").replace("_", " ").capitalize()
     return Document(relative_path, title or fallback_title, source, retrieved, hashlib.sha256(raw).hexdigest(),
                     tuple(p for p in paragraphs if len(p.split()) >= 6)[:99_999])
+
+
+def _is_heading(paragraph: str) -> bool:
+    return len(paragraph.split()) <= 15 and paragraph[-1:] not in ".!?:;,"
 
 
 def _markdown_parts(text: str) -> tuple[Optional[str], Optional[str], Optional[str], str]:
