@@ -33,7 +33,7 @@ FETCH_MAX_BYTES = 2_000_000
 LLM_BASE_URL = None
 LLM_API_KEY = None
 LLM_MODEL = None
-LLM_TIMEOUT = 60.0
+LLM_TIMEOUT = 30.0
 LLM_MAX_RETRIES = 2
 
 # Background runner, one per server process.

@@ -139,7 +139,7 @@ def test_settings_defaults_and_a_placeholder_key_for_local_servers():
     settings = llm_settings({"LLM_BASE_URL": "http://localhost:11434/v1", "LLM_MODEL": "llama3.1"})
 
     assert settings == LLMSettings(base_url="http://localhost:11434/v1", api_key="not-needed", model="llama3.1",
-                                   timeout=60.0, max_retries=2)
+                                   timeout=30.0, max_retries=2)
 
 
 def test_settings_parse_numbers_from_strings():
@@ -207,8 +207,8 @@ def test_a_good_answer_comes_back_with_its_citations_and_the_request_carries_the
     ("Prices fell [1] [3] [1].", "Prices fell [1] [3]."),
     ("Prices fell [1-3].", "Prices fell [1] [2] [3]."),
     ("Prices fell [Source 2].", "Prices fell [2]."),
-    ("Prices fell [2]. See [the chart](https://example.com/c.png).",
-     "Prices fell [2]. See [the chart](https://example.com/c.png)."),
+    ("Prices fell [2]. See [the chart](https://example.com/c.png) [2].",
+     "Prices fell [2]. See [the chart](https://example.com/c.png) [2]."),
 ])
 def test_citation_forms_are_normalised(server, make_writer, answer, expected):
     server.answer = answer
@@ -248,6 +248,13 @@ def test_several_unknown_citations_are_all_named(server, make_writer):
 
     with pytest.raises(LLMError, match=r"cited \[4\] and \[9\], which are not among"):
         make_writer().write_section(**SECTION)
+
+
+def test_a_sentence_without_a_citation_is_dropped_and_the_cited_ones_are_kept(server, make_writer):
+    server.answer = ("Prices fell by half [1]. Analysts expect them to triple by 2030.\n\n"
+                     "Factories expanded [3]. Nobody said so.")
+
+    assert make_writer().write_section(**SECTION) == "Prices fell by half [1].\n\nFactories expanded [3]."
 
 
 def test_an_answer_citing_nothing_is_an_error(server, make_writer):

@@ -185,8 +185,10 @@ def test_with_a_model_configured_the_writer_uses_it_and_keeps_citations(app, cli
     session_id, _ = run_report(app, client)
 
     markdown = client.get(f"/api/reports/{session_id}").get_json()["markdown"]
-    assert "The model summarised the passages for this section [1]." in markdown
+    assert re.search(r"The model summarised the passages for this section \[[12]\]\.", markdown)
     assert LocalSite.prompts and LocalSite.prompts[0]["model"] == "local-model"
+    status = client.get(f"/api/report-status/{session_id}").get_json()
+    assert status["writer"]["mode"] == "model" and status["writer"]["model"] == "local-model"
 
 
 def test_when_the_model_fails_the_writer_falls_back_to_the_sources(app, client):
@@ -196,6 +198,11 @@ def test_when_the_model_fails_the_writer_falls_back_to_the_sources(app, client):
 
     markdown = client.get(f"/api/reports/{session_id}").get_json()["markdown"]
     assert "[1]" in markdown and "The model summarised" not in markdown
+    # The first refused call is the only one: the rest of the report is not made to wait for it again.
+    writer = client.get(f"/api/report-status/{session_id}").get_json()["writer"]
+    assert writer["mode"].startswith("extractive") and "Connection refused" in writer["fallbacks"][0]["reason"]
+    assert all(f["reason"].startswith("not asked: the model failed earlier") for f in writer["fallbacks"][1:])
+    assert "fell back" in markdown.split("## Appendix", 1)[1]
 
 
 def test_progress_messages_reach_the_status_document(app, client, store, monkeypatch):

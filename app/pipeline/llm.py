@@ -4,7 +4,8 @@ The extractive writer never says anything a source did not say. A model can writ
 but it can also invent facts and cite sources that do not exist, so this module holds the model
 to the writer's contract: it sees only the passages of the section, each prefixed with its source
 number, and its answer is accepted only if it is non-empty and every citation [n] names one of
-those numbers. Anything else, including every failure of the HTTP call, is an LLMError whose
+those numbers; a sentence that cites nothing is removed before
+anyone reads it. Anything else, including every failure of the HTTP call, is an LLMError whose
 message says what happened, and the writer falls back to its extractive text for that section.
 
 The server is anything that speaks POST {base_url}/chat/completions: OpenAI, vLLM, llama.cpp,
@@ -20,7 +21,15 @@ import openai
 
 
 class LLMError(Exception):
-    """The model could not write the section, or wrote one that breaks the citation contract."""
+    """The model could not write the section, or wrote one that breaks the citation contract.
+
+    `unavailable` is true when the server itself failed (a timeout, no connection, an HTTP error,
+    retries spent): asking it again for the next section would most likely cost the same wait.
+    """
+
+    def __init__(self, message: str, unavailable: bool = False):
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,7 @@ class LLMSettings:
     base_url: str
     api_key: str = field(repr=False)  # kept out of repr: settings end up in logs and tracebacks
     model: str
-    timeout: float = 60.0   # seconds, per attempt (the client applies it to each try, not to the whole call)
+    timeout: float = 30.0   # seconds, per attempt (the client applies it to each try, not to the whole call)
     max_retries: int = 2    # extra attempts after a timeout, a refused connection, 408/409/429 or 5xx
 
 
@@ -55,7 +64,7 @@ def llm_settings(settings: dict) -> LLMSettings | None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"LLM_BASE_URL must be an http:// or https:// URL, got {base_url!r}")
-    timeout = _number(settings, "LLM_TIMEOUT", 60.0)
+    timeout = _number(settings, "LLM_TIMEOUT", 30.0)
     if not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"LLM_TIMEOUT must be a positive number of seconds, got {settings.get('LLM_TIMEOUT')!r}")
     retries = _number(settings, "LLM_MAX_RETRIES", 2)
@@ -117,13 +126,14 @@ class SectionWriter:
         except openai.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
             attempts = self.settings.max_retries + 1
             raise LLMError(f"{_where(exc)} timed out after {self.settings.timeout:g} s"
-                           f"{f' ({attempts} attempts)' if attempts > 1 else ''}") from exc
+                           f"{f' ({attempts} attempts)' if attempts > 1 else ''}", unavailable=True) from exc
         except openai.APIConnectionError as exc:
             cause = exc.__cause__  # the httpx error says why: refused, DNS, TLS...
             why = (str(cause) or type(cause).__name__) if cause else str(exc)
-            raise LLMError(f"cannot reach {_where(exc)}: {why}") from exc
+            raise LLMError(f"cannot reach {_where(exc)}: {why}", unavailable=True) from exc
         except openai.APIStatusError as exc:
-            raise LLMError(f"HTTP {exc.status_code} from {_where(exc)}{_server_message(exc)}") from exc
+            raise LLMError(f"HTTP {exc.status_code} from {_where(exc)}{_server_message(exc)}",
+                           unavailable=True) from exc
         except openai.OpenAIError as exc:
             raise LLMError(f"the model call failed: {type(exc).__name__}: {exc}") from exc
         except ValueError as exc:
@@ -235,7 +245,27 @@ def _check(answer: str, numbers: set[int]) -> str:
                        f"sources ({' '.join(f'[{n}]' for n in sorted(numbers)) or 'none were given'})")
     if numbers and not cited:
         raise LLMError("the model cited none of the sources")
-    return text
+    return _cited_sentences_only(text) if numbers else text
+
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"(\[*_])")
+_CITED = re.compile(r"\[\d+\]")
+
+
+def _cited_sentences_only(text: str) -> str:
+    """The answer without its sentences that cite nothing: a claim no passage backs is not published."""
+    paragraphs = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = []
+        for line in paragraph.splitlines():
+            kept = [s for s in _SENTENCE_BREAK.split(line.strip()) if _CITED.search(s)]
+            if kept:
+                lines.append(" ".join(kept))
+        if lines:
+            paragraphs.append("\n".join(lines))
+    if not paragraphs:
+        raise LLMError("no sentence of the model's answer cites a passage")
+    return "\n\n".join(paragraphs)
 
 
 def _expand(first: int, last: int) -> str:

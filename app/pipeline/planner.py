@@ -1,4 +1,10 @@
-"""planner: turns the requirements into an outline with a word budget per section."""
+"""planner: turns the requirements into an outline with a word budget per section.
+
+The depth sets how many sections (3, 5 or 7); the sections the request asks about ("what stands
+in the way", "prices", "policy support") are always in, whatever the depth, and the rest come in
+the order a reader needs them. Each section carries the words its material is found by: its
+questions and a vocabulary of what such a section talks about, without the subject's own words.
+"""
 import re
 
 WORDS_PER_PAGE = 300  # a printed page of report prose with headings, at 11pt
@@ -30,6 +36,40 @@ SECTION_LIBRARY = [
       "What would change the outlook for {s}?"]),
 ]
 DATA_SECTION = "Market size and growth"
+
+# What each section's material talks about, whatever the subject; the writer scores sentences by it.
+SECTION_VOCABULARY = {
+    "Background": "history invented first developed definition defined principle works work uses used origin "
+                  "early century decades became known type types common heating idea basic description measured",
+    "Market size and growth": "sales sold units market share growth grew rose increase demand countries country "
+                              "regions region largest leading installed installations capacity million record "
+                              "percent year fell decline stock deployment",
+    "Costs and prices": "cost costs price prices priced cheaper expensive euro eur usd dollars per unit "
+                        "affordable payback savings bills components equipment labour",
+    "Technology and infrastructure": "technology technologies efficiency performance design systems system "
+                                     "components infrastructure network temperature operate performance "
+                                     "innovation manufacturing factories installers workforce engineering",
+    "Policy and investment": "policy policies government subsidy subsidies grant grants incentives regulation "
+                             "law ban target targets plan investment invested funding acquisition acquired "
+                             "billion companies company deal scheme tax",
+    "Challenges and risks": "risk risks challenge challenges obstacle obstacles barrier barriers problem problems "
+                            "concern concerns shortage shortages environmental emissions leaks refrigerant "
+                            "supply chain decline reasons slow uncertainty",
+    "Outlook": "outlook future projected projection forecast expected expects scenario scenarios 2030 2035 "
+               "2040 2050 will would need needed trend trends next decade targets pathway growth",
+}
+
+# Words in a request that ask for a section by name, at any depth.
+SECTION_ASKED = {
+    "Background": r"\b(background|history|histor\w+|what is|what are|how \w+ works?|definition)",
+    "Market size and growth": r"\b(market|sales|sold|demand|countr\w*|region\w*|share|growth|size)",
+    "Costs and prices": r"\b(cost\w*|pric\w+|afford\w*|expens\w+|cheap\w*|payback)",
+    "Technology and infrastructure": r"\b(technolog\w*|infrastructure|efficien\w+|engineering|installer\w*)",
+    "Policy and investment": r"\b(polic\w+|subsid\w+|regulat\w+|incentive\w*|government\w*|invest\w*|grant\w*)",
+    "Challenges and risks": r"\b(risk\w*|challenge\w*|obstacle\w*|barrier\w*|threat\w*|in the way|concern\w*"
+                            r"|problem\w*)",
+    "Outlook": r"\b(outlook|future|forecast\w*|projection\w*|20[3-5]0|trend\w*|where .{0,20}go(es|ing)?)",
+}
 # Sections kept for fewer-section reports: the essentials first.
 PRIORITY = [1, 0, 2, 6, 3, 4, 5]
 
@@ -42,6 +82,21 @@ def subject_of(topic: str) -> str:
     return " ".join(w if w.isupper() else w.lower() for w in words)
 
 
+def asked_for(text: str) -> set[int]:
+    """The sections a request names, as indexes into SECTION_LIBRARY."""
+    return {i for i, (heading, _, _) in enumerate(SECTION_LIBRARY) if re.search(SECTION_ASKED[heading], text, re.I)}
+
+
+def sections_for(text: str, count: int) -> list[int]:
+    """The sections asked for, then the essentials, `count` in all (more if more were asked for); in reading order."""
+    chosen = asked_for(text)
+    for index in PRIORITY:
+        if len(chosen) >= count:
+            break
+        chosen.add(index)
+    return sorted(chosen)
+
+
 class Planner:
     name = "planner"
 
@@ -49,7 +104,7 @@ class Planner:
         req = context.requirements
         complexity = req.get("complexity", "moderate")
         subject = subject_of(req["topic"])
-        chosen = sorted(PRIORITY[:SECTIONS_BY_COMPLEXITY[complexity]])
+        chosen = sections_for(f"{req['topic']} {context.user_request}", SECTIONS_BY_COMPLEXITY[complexity])
         word_budget = req["page_count"] * WORDS_PER_PAGE
         summary_words = max(60, word_budget // 12)
         per_section = (word_budget - summary_words) // len(chosen)
@@ -61,6 +116,10 @@ class Planner:
                 "holds_data": heading == DATA_SECTION,  # where the analyst's tables and charts go
                 "purpose": purpose.format(s=subject),
                 "questions": [q.format(s=subject) for q in questions[:QUESTIONS_BY_COMPLEXITY[complexity]]],
+                # What the material is found by: the questions without the subject (it matches everything).
+                "search": " ".join([heading, purpose.format(s=""), *(q.format(s="") for q in questions),
+                                    SECTION_VOCABULARY[heading]]),
+                "asked": index in asked_for(f"{req['topic']} {context.user_request}"),
                 "word_budget": per_section,
             })
         return {

@@ -1,4 +1,4 @@
-"""Text helpers shared by the agents: sentences, word counts, and BM25 ranking through SQLite FTS5."""
+"""Text helpers shared by the agents: sentences, word counts, repeated statements, and BM25 ranking (SQLite FTS5)."""
 import re
 
 from app.database import sqlite_dbapi
@@ -48,3 +48,22 @@ def rank(texts: list[str], query: str, limit: int | None = None) -> list[tuple[i
     finally:
         conn.close()
     return [(rowid - 1, score) for rowid, score in rows]
+
+
+_NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
+_LONG_WORD = re.compile(r"[a-z0-9]{4,}")
+
+
+def figures(text: str) -> frozenset:
+    """The numbers a text states, as values ("3,000" and "3000" are one figure)."""
+    return frozenset(float(n.replace(",", "")) for n in _NUMBER.findall(text))
+
+
+def near_duplicate(a: str, b: str) -> bool:
+    """The same statement twice: the same figures and most of the same words (60% with figures, 80% without)."""
+    if figures(a) != figures(b):
+        return False
+    words_a, words_b = set(_LONG_WORD.findall(a.lower())), set(_LONG_WORD.findall(b.lower()))
+    if len(words_a) < 5 or len(words_b) < 5:
+        return a.lower() == b.lower()
+    return len(words_a & words_b) / len(words_a | words_b) >= (0.6 if figures(a) else 0.8)

@@ -1,22 +1,38 @@
-"""writer: the report in Markdown, every claim cited, tables and charts where they belong.
+"""writer: the report in Markdown, every claim cited, each sentence in the section it answers best.
 
-Offline the writer is extractive: for each section of the outline it ranks the sentences of the
-collected passages against the section's purpose and questions (BM25) and keeps the best, each
-followed by its source number [n]. Nothing is written that a source did not say; when the
-sources run out before the word budget does, the section is shorter, and the reviewer says so.
+The collected passages are cut into units: a sentence, with the sentences after it that lean on it
+("This", "Such", "It" ...); a unit that leans on a sentence it was cut from is not used. Units that
+repeat another's statement (the same figures, mostly the same words) are dropped. Each unit is
+scored against every section's questions and vocabulary (without the subject's own words, which
+match everything) and given to the section it answers best, above a minimum score, once in the
+whole report; a section fills to its word budget. A section left with too little to say is left
+out, and the writer says which and why. The analyst's findings (sentences computed from a table)
+open the section their table goes to. The executive summary is written last: the data's headline
+figures and the leading finding of each section.
 
-With a model configured (REPORTS_LLM_BASE_URL, REPORTS_LLM_MODEL, REPORTS_LLM_API_KEY) each
-section is written by the model from the same numbered passages, keeping the citations; a
-section the model fails on (timeout, error, a citation to nothing) falls back to extraction.
-
-Tables and charts from the analyst go into the section they match best, each introduced by a
-sentence naming it and citing its data source; data sources are numbered after the documents.
+With a model configured (REPORTS_LLM_*), each section is written by the model from that section's
+own units (the data section also gets its tables' figures); a sentence of model prose without a
+citation to a passage it was given is dropped, and a section the model fails on falls back to the
+extractive text. After the model times out or fails on the server's side (its retries spent), it
+is not asked again for the rest of the report. The output (and the status document, `writer`)
+says which writer was used and which sections fell back, and why.
 """
+import math
 import re
+from collections import Counter
 
-from app.pipeline.text import rank, sentences, word_count
+from app.pipeline import StepOutput
+from app.pipeline.relevance import stems
+from app.pipeline.text import near_duplicate, sentences, word_count
 
-PASSAGES_PER_SECTION = 8
+MIN_SCORE = 0.06          # cosine similarity a unit needs with a section to be placed there
+SECOND_CHOICE = 0.6       # a full section passes a unit on to one it answers at least this well (of its best)
+MIN_SECTION_WORDS = 50    # a section with less prose (and no table or chart) is left out
+UNIT_SENTENCES = 3        # a sentence and at most two that lean on it
+# Openings that lean on the sentence before: quoted alone, they would say something else.
+_LEANS_ON_PREVIOUS = re.compile(
+    r"^(this|these|that|those|such|it|its|they|their|them|he|she|his|her|both|the latter|the former|"
+    r"however|but|yet|also|in addition|moreover|furthermore)\b", re.I)
 
 
 class Writer:
@@ -24,126 +40,254 @@ class Writer:
 
     def run(self, context):
         outline = context.outputs["planner"]
-        sources = context.outputs["data_collection"]["sources"]
+        collected = context.outputs["data_collection"]
+        sources = collected["sources"]
         analysis = context.outputs.get("analyst") or {"tables": [], "charts": []}
         datasets = (context.outputs.get("api_research") or {}).get("datasets", [])
-        model = _section_writer(context.settings)
-        composer = Composer(sources)
-        fallbacks = []
-
-        def write(heading, purpose, questions, budget):
-            query = f"{heading} {purpose} {' '.join(questions)}"
-            if model is not None:
-                from app.pipeline.llm import LLMError
-
-                passages = composer.passages_for(query, PASSAGES_PER_SECTION)
-                try:
-                    text = model.write_section(report_title=outline["title"], heading=heading, purpose=purpose,
-                                               questions=questions, passages=passages, word_budget=budget)
-                    return text, composer.cited_in(text)
-                except LLMError as exc:
-                    fallbacks.append({"section": heading, "reason": str(exc)})
-            return composer.extract(query, budget)
-
-        title = outline["title"]
         sections = outline["sections"]
-        placements = _place(sections, analysis)
-        cited: set[int] = set()
-        summary, numbers = write("Executive summary", f"the main findings about {outline['subject']}",
-                                 [context.user_request], outline["summary_word_budget"])
-        cited |= numbers
-        lines = [f"# {title}", "", "## Executive summary", "", summary or NO_MATERIAL, ""]
+        subject = set(collected.get("subject_terms") or stems(outline["subject"]))
+
+        units = material(sources)
+        placements = _place(sections, analysis, subject)
+        findings = _findings(analysis, sections, placements, len(sources))
+        plan = assign(units, sections, subject, placements, findings)
+
+        model = ModelWriter(context.settings, outline["title"])
+        written: dict[int, str] = {}
+        for position in plan.kept:
+            section = sections[position]
+            context.progress(f"writing section {len(written) + 1} of {len(plan.kept)}: {section['heading']}")
+            extractive = _paragraphs(plan.units[position], findings[position])
+            written[position] = model.section(section, plan.units[position], findings[position],
+                                              _table_lines(placements[position], datasets, len(sources)),
+                                              extractive)
+
+        summary = model.summary(outline, _summary_material(plan, findings, sections, outline["summary_word_budget"]),
+                                written)
+        lines = [f"# {outline['title']}", "", "## Executive summary", "", summary, ""]
         section_words = []
-        for position, section in enumerate(sections):
-            context.progress(f"writing section {position + 1} of {len(sections)}: {section['heading']}")
-            body, numbers = write(section["heading"], section["purpose"], section["questions"],
-                                  section["word_budget"])
-            cited |= numbers
+        for position in plan.kept:
+            section = sections[position]
+            body = written[position]
             section_words.append({"heading": section["heading"], "words": word_count(body),
                                   "budget": section["word_budget"]})
-            lines += [f"## {section['heading']}", "", body or NO_MATERIAL, ""]
+            lines += [f"## {section['heading']}", "", body, ""]
             for item in placements[position]:
-                reference = len(sources) + item["dataset"]
-                cited.add(reference)
-                lines += _render_item(item, reference)
-        lines += ["## References", ""]
-        for source in sources:
-            origin = f" {source['publisher']}." if source.get("publisher") else ""
-            lines.append(f"{source['number']}. {source['title']}.{origin} ({source['location']}, "
-                         f"retrieved {source['retrieved_at']})")
-        for number, dataset in enumerate(datasets, start=len(sources) + 1):
-            origin = f" {dataset['source']}." if dataset.get("source") else ""
-            lines.append(f"{number}. {dataset['title']} (data).{origin} ({dataset['location']}, "
-                         f"retrieved {dataset['retrieved_at']})")
+                lines += _render_item(item, len(sources) + item["dataset"])
+        lines += ["## References", ""] + references(sources, datasets)
         markdown = "\n".join(lines).rstrip() + "\n"
-        return {
-            "title": title,
+        body = markdown.split("\n## References\n", 1)[0]
+        cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", body)})
+        writer = model.record()
+        output = {
+            "title": outline["title"],
             "markdown": markdown,
             "word_count": word_count(markdown),
             "body_words": sum(s["words"] for s in section_words) + word_count(summary),
             "word_budget": outline["word_budget"],
             "sections": section_words,
-            "cited_sources": sorted(cited),
+            "left_out": [{"section": sections[p]["heading"], "reason": reason} for p, reason in plan.left_out],
+            "unplaced_sentences": plan.unplaced,
+            "cited_sources": cited,
             "reference_count": len(sources) + len(datasets),
             "tables": [t["id"] for t in analysis["tables"]],
             "charts": [c["id"] for c in analysis["charts"]],
-            "mode": "extractive" if model is None else ("model" if not fallbacks else "model with fallbacks"),
-            "fallbacks": fallbacks,
+            "writer": writer,
+            "mode": writer["mode"],
+            "fallbacks": writer["fallbacks"],
         }
+        return StepOutput(output, status={"writer": writer})
 
 
-NO_MATERIAL = "_The collected sources hold nothing on this section._"
+# -- material -----------------------------------------------------------------------------------
+
+class Unit:
+    """A sentence and those that lean on it, from one passage of one source."""
+
+    def __init__(self, source: int, position: int, text: str):
+        self.source, self.position, self.texts = source, position, [text]
+        self.terms: Counter = Counter()
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.texts)
+
+    @property
+    def words(self) -> int:
+        return word_count(self.text)
+
+    def cited(self) -> str:
+        return " ".join(_cite(t, self.source) for t in self.texts)
 
 
-class Composer:
-    """Extractive writing from the sources' passages; each sentence is used at most once per report."""
+def material(sources) -> list[Unit]:
+    """Every source's passages as units, in source and document order, without repeated statements."""
+    units: list[Unit] = []
+    position = 0
+    for source in sources:
+        for passage in source["passages"]:
+            current = None
+            for sentence in sentences(passage):
+                position += 1
+                if sentence[-1:] not in ".!?\"')”":
+                    current = None  # a heading or a caption, not a statement: nothing may lean on it
+                    continue
+                if _LEANS_ON_PREVIOUS.match(sentence):
+                    if current is not None and len(current.texts) < UNIT_SENTENCES:
+                        current.texts.append(sentence)
+                    continue  # leaning on a sentence that is not here (or a unit already long enough)
+                current = Unit(source["number"], position, sentence)
+                units.append(current)
+    kept: list[Unit] = []
+    for unit in units:
+        if not any(near_duplicate(unit.text, other.text) for other in kept[-400:]):
+            kept.append(unit)
+    return kept
 
-    def __init__(self, sources):
-        self.pool = [(s["number"], sentence) for s in sources for p in s["passages"] for sentence in sentences(p)]
-        self.passages = [(s["number"], p) for s in sources for p in s["passages"]]
-        self.used: set[int] = set()
 
-    def extract(self, query: str, budget: int) -> tuple[str, set[int]]:
-        chosen, words = [], 0
-        for i, _score in rank([text for _, text in self.pool], query):
-            if i in self.used or _near_duplicate(self.pool[i][1], [self.pool[j][1] for j in chosen]):
+# -- placing the material -------------------------------------------------------------------------
+
+class Plan:
+    def __init__(self, sections):
+        self.units: dict[int, list[Unit]] = {i: [] for i in range(len(sections))}
+        self.scores: dict[int, dict[int, float]] = {i: {} for i in range(len(sections))}  # id(unit) -> score
+        self.kept: list[int] = []
+        self.left_out: list[tuple[int, str]] = []
+        self.unplaced = 0
+
+
+def assign(units: list[Unit], sections, subject: set, placements, findings) -> Plan:
+    """Give each unit to the section it answers best, fill sections to budget, leave out the empty ones."""
+    documents = [Counter(t for t in stems(u.text) if t not in subject) for u in units]
+    df = Counter(t for terms in documents for t in terms)
+    idf = {t: math.log((1 + len(units)) / (1 + n)) + 1 for t, n in df.items()}
+    vectors = [_vector(terms, idf) for terms in documents]
+    section_vectors = [_vector(Counter(t for t in stems(s["search"]) if t not in subject), idf) for s in sections]
+    scores = [[_cosine(v, s) for s in section_vectors] for v in vectors]
+
+    open_sections = set(range(len(sections)))
+    while True:
+        plan = Plan(sections)
+        room = {i: sections[i]["word_budget"] - sum(word_count(f) for f in findings[i]) for i in open_sections}
+        pairs = sorted(((scores[u][s], u, s) for u in range(len(units)) for s in open_sections
+                        if scores[u][s] >= MIN_SCORE), key=lambda p: (-p[0], p[1], p[2]))
+        # Best over every section: a unit whose own section was left out does not drift to one it barely answers.
+        best = {u: max(scores[u], default=0.0) for u in range(len(units))}
+        placed = set()
+        for score, u, s in pairs:
+            if u in placed or room[s] <= 0 or score < SECOND_CHOICE * best[u]:
                 continue
-            chosen.append(i)
-            self.used.add(i)
-            words += word_count(self.pool[i][1])
-            if words >= budget:
-                break
-        chosen.sort(key=lambda i: (self.pool[i][0], i))  # grouped by source, in each source's order
-        paragraphs: dict[int, list[str]] = {}  # one paragraph per source
-        for i in chosen:
-            number, sentence = self.pool[i]
-            paragraphs.setdefault(number, []).append(_cite(sentence, number))
-        return "\n\n".join(" ".join(p) for p in paragraphs.values()), set(paragraphs)
-
-    def passages_for(self, query: str, limit: int) -> list[tuple[int, str]]:
-        return [self.passages[i] for i, _ in rank([text for _, text in self.passages], query, limit)]
-
-    def cited_in(self, text: str) -> set[int]:
-        return {int(n) for n in re.findall(r"\[(\d+)\]", text)}
-
-
-def _section_writer(settings):
-    from app.pipeline.llm import SectionWriter, llm_settings
-
-    configured = llm_settings(settings)
-    return SectionWriter(configured) if configured else None
+            placed.add(u)
+            plan.units[s].append(units[u])
+            plan.scores[s][id(units[u])] = score
+            room[s] -= units[u].words
+        thin = [s for s in open_sections if not placements[s]
+                and sum(u.words for u in plan.units[s]) + sum(word_count(f) for f in findings[s]) < MIN_SECTION_WORDS]
+        if not thin or len(thin) == len(open_sections):
+            break
+        open_sections -= set(thin)
+    plan.kept = sorted(open_sections)
+    for s in range(len(sections)):
+        if s not in open_sections or (not plan.units[s] and not findings[s] and not placements[s]):
+            words = sum(u.words for u in plan.units[s])
+            plan.left_out.append((s, f"the sources hold too little on it ({words} words of material, "
+                                     f"{MIN_SECTION_WORDS} needed); its sentences went to other sections"
+                                  if words else "nothing in the sources answers its questions"))
+    plan.kept = [s for s in plan.kept if s not in {p for p, _ in plan.left_out}]
+    for s in plan.kept:  # best first, then each source's sentences together in document order
+        plan.units[s].sort(key=lambda u: u.position)
+    plan.unplaced = len(units) - sum(len(plan.units[s]) for s in plan.kept)
+    return plan
 
 
-def _place(sections, analysis):
-    """Tables and charts go to the section the planner marked for data, else the one they match best."""
+def _vector(terms: Counter, idf) -> dict[str, float]:
+    vector = {t: (1 + math.log(n)) * idf.get(t, 1.0) for t, n in terms.items()}
+    norm = math.sqrt(sum(v * v for v in vector.values())) or 1.0
+    return {t: v / norm for t, v in vector.items()}
+
+
+def _cosine(a: dict, b: dict) -> float:
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(v * b.get(t, 0.0) for t, v in a.items())
+
+
+def _paragraphs(units: list[Unit], findings: list[str]) -> str:
+    """The findings first, then one paragraph per source, the sources in order of their first unit."""
+    by_source: dict[int, list[Unit]] = {}
+    for unit in units:
+        by_source.setdefault(unit.source, []).append(unit)
+    paragraphs = [" ".join(findings)] if findings else []
+    paragraphs += [" ".join(u.cited() for u in group) for group in by_source.values()]
+    return "\n\n".join(paragraphs)
+
+
+def _summary_material(plan: Plan, findings, sections, budget: int) -> list[str]:
+    """The data's headline figures, then the leading finding of each section (other sources first), cited."""
+    lines = [f[0] for f in (findings[s] for s in plan.kept) if f]
+    used = set()
+    for s in plan.kept:
+        ranked = sorted(plan.units[s], key=lambda u: -plan.scores[s][id(u)])
+        if not ranked:
+            continue
+        lead = next((u for u in ranked if u.source not in used), ranked[0])
+        used.add(lead.source)
+        lines.append(_cite(lead.texts[0], lead.source))
+    kept, words = [], 0
+    for line in lines:
+        if kept and words >= budget and len(kept) >= 4:
+            break
+        kept.append(line)
+        words += word_count(line)
+    return kept
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def _place(sections, analysis, subject: set):
+    """Each table and chart goes to the section its dataset is about best, else the one marked for data."""
     placements = [[] for _ in sections]
-    marked = [i for i, s in enumerate(sections) if s.get("holds_data")]
-    texts = [f"{s['heading']} {s['purpose']} {' '.join(s['questions'])}" for s in sections]
+    marked = next((i for i, s in enumerate(sections) if s.get("holds_data")), 0)
+    idf: dict = {}
+    section_vectors = [_vector(Counter(t for t in stems(s["search"]) if t not in subject), idf) for s in sections]
     items = [dict(t, kind="table") for t in analysis["tables"]] + [dict(c, kind="chart") for c in analysis["charts"]]
+    homes: dict[int, int] = {}
     for item in items:
-        best = marked or [i for i, _ in rank(texts, f"{item['title']} {item['caption']}", 1)] or [0]
-        placements[best[0]].append(item)
+        if item["dataset"] not in homes:
+            about = _vector(Counter(t for t in stems(f"{item['title']} {item.get('caption', '')}")
+                                    if t not in subject), idf)
+            scored = sorted(((_cosine(about, v), i) for i, v in enumerate(section_vectors)), reverse=True)
+            homes[item["dataset"]] = scored[0][1] if scored and scored[0][0] > 0.05 else marked
+        placements[homes[item["dataset"]]].append(item)
     return placements
+
+
+def _findings(analysis, sections, placements, source_count: int) -> list[list[str]]:
+    """The analyst's findings, cited to their table, in the section that shows the table."""
+    home = {item["dataset"]: i for i, items in enumerate(placements) for item in items}
+    out: list[list[str]] = [[] for _ in sections]
+    for finding in analysis.get("findings", []):
+        if finding["dataset"] in home:
+            section = home[finding["dataset"]]
+            # Headlines first; the rest only while they leave the documents half the section's words.
+            if out[section] and sum(map(word_count, out[section])) + word_count(finding["text"]) > \
+                    sections[section]["word_budget"] / 2:
+                continue
+            out[section].append(_cite(finding["text"], source_count + finding["dataset"]))
+    return out
+
+
+def _table_lines(items, datasets, source_count: int) -> list[tuple[int, str]]:
+    """The figures of the tables a section shows, as passages for a model: one line per dataset."""
+    lines = []
+    for number in dict.fromkeys(item["dataset"] for item in items):
+        if 0 < number <= len(datasets):
+            data = datasets[number - 1]
+            rows = "; ".join(", ".join(str(v) for v in row) for row in data["rows"][:40])
+            unit = f" ({data['unit']})" if data.get("unit") else ""
+            columns = ", ".join(data["columns"])
+            lines.append((source_count + number, f"{data['title']}{unit}, columns {columns}: {rows}"))
+    return lines
 
 
 def _render_item(item, reference):
@@ -161,6 +305,26 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def references(sources, datasets) -> list[str]:
+    """Each source with its own origin and date: the document's Source:/Retrieved: lines, or when a URL was fetched."""
+    lines = []
+    for source in sources:
+        lines.append(f"{source['number']}. {source['title']}.{_origin(source.get('publisher'), source)} "
+                     f"({source['location']})")
+    for number, dataset in enumerate(datasets, start=len(sources) + 1):
+        lines.append(f"{number}. {dataset['title']} (data).{_origin(dataset.get('source'), dataset)} "
+                     f"({dataset['location']})")
+    return lines
+
+
+def _origin(publisher, item) -> str:
+    dated = item.get("published_retrieved")
+    if not dated and not str(item.get("location", "")).startswith("library:"):
+        dated = item.get("retrieved_at")  # a URL: the day it was fetched is the day it was read
+    parts = [p for p in (publisher, f"retrieved {dated}" if dated else None) if p]
+    return f" {', '.join(parts)}." if parts else ""
+
+
 def _cite(sentence: str, number: int) -> str:
     """'Sales rose.' -> 'Sales rose [3].'"""
     if sentence[-1:] in ".!?":
@@ -168,6 +332,68 @@ def _cite(sentence: str, number: int) -> str:
     return f"{sentence} [{number}]"
 
 
-def _near_duplicate(sentence: str, chosen: list[str]) -> bool:
-    words = set(sentence.lower().split())
-    return any(len(words & set(c.lower().split())) > 0.8 * min(len(words), len(c.split())) for c in chosen)
+# -- the model -------------------------------------------------------------------------------------
+
+class ModelWriter:
+    """Writes sections with the configured model, or returns the extractive text; remembers what it did."""
+
+    def __init__(self, settings, title: str):
+        from app.pipeline.llm import SectionWriter, llm_settings
+
+        configured = llm_settings(settings)
+        self.client = SectionWriter(configured) if configured else None
+        self.model = configured.model if configured else None
+        self.title = title
+        self.fallbacks: list[dict] = []
+        self.used = 0
+        self.down = None  # why the model is not asked again in this report
+
+    def section(self, section, units: list[Unit], findings: list[str], tables, extractive: str) -> str:
+        figures = [(_citation(f), _strip_citation(f)) for f in findings]
+        passages = [(u.source, u.text) for u in units] + figures + tables
+        return self._ask(section["heading"], section["purpose"], section["questions"], passages,
+                         section["word_budget"], extractive)
+
+    def summary(self, outline, lines: list[str], written: dict[int, str]) -> str:
+        extractive = " ".join(lines)
+        passages = [(_citation(line), _strip_citation(line)) for line in lines]
+        return self._ask("Executive summary", f"the main findings about {outline['subject']}, from the sections",
+                         ["What are the headline figures and the main finding of each section?"], passages,
+                         outline["summary_word_budget"], extractive)
+
+    def _ask(self, heading, purpose, questions, passages, budget, extractive: str) -> str:
+        if self.client is None or not passages:
+            return extractive
+        from app.pipeline.llm import LLMError
+
+        if self.down:
+            self.fallbacks.append({"section": heading, "reason": f"not asked: {self.down}"})
+            return extractive
+        try:
+            text = self.client.write_section(report_title=self.title, heading=heading, purpose=purpose,
+                                             questions=questions, passages=passages, word_budget=budget)
+        except LLMError as exc:
+            if exc.unavailable:
+                self.down = f"the model failed earlier in this report ({exc})"
+            self.fallbacks.append({"section": heading, "reason": f"{exc}; fell back to the sources' sentences"})
+            return extractive
+        self.used += 1
+        return text
+
+    def record(self) -> dict:
+        if self.client is None:
+            mode = "extractive"
+        elif not self.used:
+            mode = "extractive (the model fell back everywhere)"
+        else:
+            mode = "model" if not self.fallbacks else "model with fallbacks"
+        return {"mode": mode, "model": self.model, "fallbacks": self.fallbacks}
+
+
+def _citation(line: str) -> int:
+    found = re.findall(r"\[(\d+)\]", line)
+    return int(found[-1]) if found else 0
+
+
+def _strip_citation(line: str) -> str:
+    return re.sub(r"\s*\[\d+\]", "", line)
