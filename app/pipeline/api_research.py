@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from app.pipeline.data_collection import fetch_named, now_iso, outline_query
-from app.pipeline.library import library_folder
+from app.pipeline.library import library_folder, title_from_name
 from app.pipeline.text import rank
 
 MAX_DATASETS = 3
@@ -138,8 +138,7 @@ def load_dataset(raw: bytes, kind: str, location: str) -> dict:
 
 def default_title(location: str) -> str:
     """"heat_pump_sales.csv" -> "Heat pump sales"."""
-    stem = Path(location.removeprefix("library:").split("?")[0].rstrip("/")).stem or location
-    return " ".join(stem.replace("-", " ").replace("_", " ").split()).capitalize()
+    return title_from_name(location.removeprefix("library:").split("?")[0].rstrip("/")) or location
 
 
 def _text(raw: bytes) -> str:

@@ -1,10 +1,11 @@
-"""The local document library: Markdown, text, HTML and PDF files, indexed for BM25 search with FTS5.
+"""The local document library: Markdown, text, HTML and PDF files, parsed into titled passages.
 
 A document is a file under the library folder (README files and the data/ folder excepted). A
-Markdown or text file's first `# ` heading is its title; optional `Source:` and `Retrieved:`
-lines name where its facts come from. HTML goes through trafilatura, PDF through pypdf. Each
-process keeps one in-memory FTS5 index per folder and re-indexes a file when its size or
-modification time changes, so editing the library needs no restart.
+Markdown or text file's first `# ` heading (or a plain-text file's standalone first line) is its
+title; optional `Source:` and `Retrieved:` lines name where its facts come from. HTML goes
+through trafilatura, PDF through pypdf. Each process keeps one folder's parsed documents and
+re-reads a file when its size or modification time changes, so editing the library needs no
+restart. Which documents a report uses is decided in relevance.py.
 """
 import hashlib
 import threading
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 from app.pipeline.extract import Unreadable, extract_text
-from app.pipeline.text import match_query, open_index
 
 SAMPLE_LIBRARY = Path(__file__).resolve().parent / "sample_library"
 SUFFIXES = {".md": "text/markdown", ".markdown": "text/markdown", ".txt": "text/markdown", ".html": "text/html",
@@ -35,14 +35,13 @@ def library_folder(setting: Optional[str]) -> Path:
 
 
 class LibraryIndex:
-    """An FTS5 index of one folder's passages, refreshed from the files on every search."""
+    """One folder's parsed documents, refreshed from the files on every report."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self._lock = threading.Lock()
-        self._conn = open_index()
-        self._documents: dict[str, tuple[tuple, int, Document]] = {}  # path -> (stat key, doc number, doc)
-        self._next_number = 1
+        # path -> (stat key, document), in the order the documents were (re)read
+        self._documents: dict[str, tuple[tuple, Document]] = {}
 
     def refresh(self) -> list[Document]:
         """Re-read new and changed files, forget removed ones; returns the library's documents."""
@@ -61,45 +60,11 @@ class LibraryIndex:
                 key = (stat.st_size, stat.st_mtime_ns)
                 if relative in self._documents and self._documents[relative][0] == key:
                     continue
-                self._forget(relative)
-                document = parse_document(relative, path.read_bytes())
-                number = self._next_number
-                self._next_number += 1
-                # rowid = document number * 100000 + passage position: the hit says where it came from.
-                self._conn.executemany("INSERT INTO texts(rowid, body) VALUES (?, ?)",
-                                       [(number * 100_000 + i, p) for i, p in enumerate(document.passages)])
-                self._documents[relative] = (key, number, document)
+                self._documents.pop(relative, None)  # a changed file goes to the end, as a new one does
+                self._documents[relative] = (key, parse_document(relative, path.read_bytes()))
             for relative in set(self._documents) - seen:
-                self._forget(relative)
-            return [doc for _, _, doc in sorted(self._documents.values(), key=lambda entry: entry[1])]
-
-    def search(self, query: str, limit: int = 1000, about: str = "") -> list[tuple[Document, str, float]]:
-        """Passages matching the query, best first: (document, passage, relevance).
-
-        With `about`, only passages that mention every meaningful word of it (the report's subject)
-        count: an outline's generic questions ("how have costs changed?") would otherwise rank a
-        battery-price document high in a report on hydrogen.
-        """
-        expression = match_query(query)
-        if expression and match_query(about, every=True):
-            expression = f"({match_query(about, every=True)}) AND ({expression})"
-        if not expression:
-            return []
-        with self._lock:
-            by_number = {number: doc for _, number, doc in self._documents.values()}
-            rows = self._conn.execute("SELECT rowid, -bm25(texts) FROM texts WHERE texts MATCH ? "
-                                      "ORDER BY bm25(texts) LIMIT ?", (expression, limit)).fetchall()
-        hits = []
-        for rowid, score in rows:
-            document = by_number[rowid // 100_000]
-            hits.append((document, document.passages[rowid % 100_000], score))
-        return hits
-
-    def _forget(self, relative: str) -> None:
-        if relative in self._documents:
-            _, number, _ = self._documents.pop(relative)
-            self._conn.execute("DELETE FROM texts WHERE rowid >= ? AND rowid < ?",
-                               (number * 100_000, (number + 1) * 100_000))
+                del self._documents[relative]
+            return [document for _, document in self._documents.values()]
 
 
 _indexes: dict[Path, LibraryIndex] = {}
@@ -107,7 +72,7 @@ _indexes_lock = threading.Lock()
 
 
 def library_index(folder: Path) -> LibraryIndex:
-    """This process's index of a folder (created on first use)."""
+    """This process's documents of a folder (read on first use)."""
     with _indexes_lock:
         if folder not in _indexes:
             _indexes[folder] = LibraryIndex(folder)
@@ -129,9 +94,13 @@ def parse_document(relative_path: str, raw: bytes) -> Document:
     if paragraphs and not title and _is_heading(paragraphs[0]):
         title = paragraphs[0]  # a plain-text file's first line, standing alone, is its title
     paragraphs = [p for p in paragraphs if p != title]
-    fallback_title = Path(relative_path).stem.replace("-", " ").replace("_", " ").capitalize()
-    return Document(relative_path, title or fallback_title, source, retrieved, hashlib.sha256(raw).hexdigest(),
-                    tuple(p for p in paragraphs if len(p.split()) >= 6)[:99_999])
+    return Document(relative_path, title or title_from_name(relative_path), source, retrieved,
+                    hashlib.sha256(raw).hexdigest(), tuple(p for p in paragraphs if len(p.split()) >= 6)[:99_999])
+
+
+def title_from_name(path: str) -> str:
+    """A title for a file that names none: "reports/heat_pump-sales.csv" -> "Heat pump sales"."""
+    return " ".join(Path(path).stem.replace("-", " ").replace("_", " ").split()).capitalize()
 
 
 def _is_heading(paragraph: str) -> bool:

@@ -22,10 +22,10 @@ def word_count(text: str) -> int:
     return len(re.findall(r"\b\w+\b", text))
 
 
-def match_query(text: str, every: bool = False) -> str:
-    """An FTS5 MATCH expression: any (or every) one of the text's meaningful words, quoted so none is an operator."""
+def match_query(text: str) -> str:
+    """An FTS5 MATCH expression: any one of the text's meaningful words, quoted so none is an operator."""
     terms = dict.fromkeys(t.lower() for t in _TERM.findall(text) if t.lower() not in _NOISE and len(t) > 1)
-    return (" AND " if every else " OR ").join(f'"{t}"' for t in terms)
+    return " OR ".join(f'"{t}"' for t in terms)
 
 
 def open_index(path: str = ":memory:"):
