@@ -92,14 +92,15 @@ def select(documents: list, topic: str, request: str, wanted: int) -> Selection:
     """The library documents about the topic, at most `wanted`, strictest match first."""
     profiles = {d.path: profile(d) for d in documents}
     selection = Selection(searched=len(documents))
-    subject, framing = _split_terms(topic, profiles)
+    topic_terms = list(dict.fromkeys(stems(topic)))
+    subject, framing, weight = _split_terms(topic_terms, profiles)
     if not subject:  # the topic's own words say nothing the library dwells on: try the request's
-        subject, framing = _split_terms(request, profiles)
-        framing = [t for t in dict.fromkeys(stems(topic)) if t not in subject]
+        subject, _, weight = _split_terms(list(dict.fromkeys(stems(request))), profiles)
+        framing = [t for t in topic_terms if t not in subject]
     # A topic word the library never mentions may be the very subject ("quantum" in "Quantum computing
     # outlook"): only a subject the documents dwell on far more than usual outweighs it.
-    absent = [t for t in dict.fromkeys(stems(topic)) if not any(p.counts[t] for p in profiles.values())]
-    if sum(_mentions(t, profiles.values()) for t in subject) < 2 * SUBJECT_MENTIONS * len(absent):
+    absent = [t for t in topic_terms if not any(p.counts[t] for p in profiles.values())]
+    if weight < 2 * SUBJECT_MENTIONS * len(absent):
         subject = []
     if not subject:
         return selection
@@ -127,17 +128,17 @@ def select(documents: list, topic: str, request: str, wanted: int) -> Selection:
     return selection
 
 
-def _split_terms(text: str, profiles: dict[str, Profile]) -> tuple[list[str], list[str]]:
-    """(subject stems, framing stems least dwelt-on first) of a text, judged by the library."""
-    terms = list(dict.fromkeys(stems(text)))
+def _split_terms(terms: list[str], profiles: dict[str, Profile]) -> tuple[list[str], list[str], float]:
+    """(subject stems, framing stems least dwelt-on first, the subject's mentions) of some stems, judged by
+    the library."""
     mentions = {t: _mentions(t, profiles.values()) for t in terms}
     top = max(mentions.values(), default=0.0)
     if top < SUBJECT_MENTIONS:
-        return [], terms
+        return [], terms, 0.0
     subject = [t for t in terms if mentions[t] >= SUBJECT_SHARE * top]
     framing = sorted((t for t in terms if t not in subject),
                      key=lambda t: (mentions[t], sum(1 for p in profiles.values() if p.counts[t])))
-    return subject, framing
+    return subject, framing, sum(mentions[t] for t in subject)
 
 
 def _mentions(term: str, profiles) -> float:

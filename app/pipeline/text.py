@@ -59,11 +59,17 @@ def figures(text: str) -> frozenset:
     return frozenset(float(n.replace(",", "")) for n in _NUMBER.findall(text))
 
 
-def near_duplicate(a: str, b: str) -> bool:
-    """The same statement twice: the same figures and most of the same words (60% with figures, 80% without)."""
-    if figures(a) != figures(b):
+def fingerprint(text: str) -> tuple[frozenset, frozenset, str]:
+    """What same_statement compares, worked out once per text: its figures, its long words, the text."""
+    return figures(text), frozenset(_LONG_WORD.findall(text.lower())), text.lower()
+
+
+def same_statement(a: tuple, b: tuple) -> bool:
+    """Two fingerprints of the same statement: the same figures and most of the same words (60% with
+    figures, 80% without)."""
+    (figures_a, words_a, text_a), (figures_b, words_b, text_b) = a, b
+    if figures_a != figures_b:
         return False
-    words_a, words_b = set(_LONG_WORD.findall(a.lower())), set(_LONG_WORD.findall(b.lower()))
     if len(words_a) < 5 or len(words_b) < 5:
-        return a.lower() == b.lower()
-    return len(words_a & words_b) / len(words_a | words_b) >= (0.6 if figures(a) else 0.8)
+        return text_a == text_b
+    return len(words_a & words_b) / len(words_a | words_b) >= (0.6 if figures_a else 0.8)

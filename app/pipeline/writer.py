@@ -23,7 +23,7 @@ from collections import Counter
 
 from app.pipeline import StepOutput
 from app.pipeline.relevance import stems
-from app.pipeline.text import near_duplicate, sentences, word_count
+from app.pipeline.text import fingerprint, same_statement, sentences, word_count
 
 MIN_SCORE = 0.06          # cosine similarity a unit needs with a section to be placed there
 SECOND_CHOICE = 0.6       # a full section passes a unit on to one it answers at least this well (of its best)
@@ -62,8 +62,7 @@ class Writer:
                                               _table_lines(placements[position], datasets, len(sources)),
                                               extractive)
 
-        summary = model.summary(outline, _summary_material(plan, findings, sections, outline["summary_word_budget"]),
-                                written)
+        summary = model.summary(outline, _summary_material(plan, findings, outline["summary_word_budget"]))
         lines = [f"# {outline['title']}", "", "## Executive summary", "", summary, ""]
         section_words = []
         for position in plan.kept:
@@ -106,7 +105,6 @@ class Unit:
 
     def __init__(self, source: int, position: int, text: str):
         self.source, self.position, self.texts = source, position, [text]
-        self.terms: Counter = Counter()
 
     @property
     def text(self) -> str:
@@ -138,11 +136,13 @@ def material(sources) -> list[Unit]:
                     continue  # leaning on a sentence that is not here (or a unit already long enough)
                 current = Unit(source["number"], position, sentence)
                 units.append(current)
-    kept: list[Unit] = []
+    kept: list[tuple[Unit, tuple]] = []
     for unit in units:
-        if not any(near_duplicate(unit.text, other.text) for other in kept[-400:]):
-            kept.append(unit)
-    return kept
+        key = fingerprint(unit.text)
+        # The last 400 kept units: a bound on the comparisons, as a library of repeats clusters anyway.
+        if not any(same_statement(key, other) for _, other in kept[-400:]):
+            kept.append((unit, key))
+    return [unit for unit, _ in kept]
 
 
 # -- placing the material -------------------------------------------------------------------------
@@ -165,14 +165,15 @@ def assign(units: list[Unit], sections, subject: set, placements, findings) -> P
     section_vectors = [_vector(Counter(t for t in stems(s["search"]) if t not in subject), idf) for s in sections]
     scores = [[_cosine(v, s) for s in section_vectors] for v in vectors]
 
+    # Best over every section: a unit whose own section was left out does not drift to one it barely answers.
+    best = [max(row, default=0.0) for row in scores]
+    finding_words = [sum(word_count(_cite(text, number)) for number, text in f) for f in findings]
     open_sections = set(range(len(sections)))
     while True:
         plan = Plan(sections)
-        room = {i: sections[i]["word_budget"] - sum(word_count(f) for f in findings[i]) for i in open_sections}
+        room = {i: sections[i]["word_budget"] - finding_words[i] for i in open_sections}
         pairs = sorted(((scores[u][s], u, s) for u in range(len(units)) for s in open_sections
                         if scores[u][s] >= MIN_SCORE), key=lambda p: (-p[0], p[1], p[2]))
-        # Best over every section: a unit whose own section was left out does not drift to one it barely answers.
-        best = {u: max(scores[u], default=0.0) for u in range(len(units))}
         placed = set()
         for score, u, s in pairs:
             if u in placed or room[s] <= 0 or score < SECOND_CHOICE * best[u]:
@@ -182,7 +183,7 @@ def assign(units: list[Unit], sections, subject: set, placements, findings) -> P
             plan.scores[s][id(units[u])] = score
             room[s] -= units[u].words
         thin = [s for s in open_sections if not placements[s]
-                and sum(u.words for u in plan.units[s]) + sum(word_count(f) for f in findings[s]) < MIN_SECTION_WORDS]
+                and sum(u.words for u in plan.units[s]) + finding_words[s] < MIN_SECTION_WORDS]
         if not thin or len(thin) == len(open_sections):
             break
         open_sections -= set(thin)
@@ -194,7 +195,7 @@ def assign(units: list[Unit], sections, subject: set, placements, findings) -> P
                                      f"{MIN_SECTION_WORDS} needed); its sentences went to other sections"
                                   if words else "nothing in the sources answers its questions"))
     plan.kept = [s for s in plan.kept if s not in {p for p, _ in plan.left_out}]
-    for s in plan.kept:  # best first, then each source's sentences together in document order
+    for s in plan.kept:  # in document order: _paragraphs groups each source's units in the order they came
         plan.units[s].sort(key=lambda u: u.position)
     plan.unplaced = len(units) - sum(len(plan.units[s]) for s in plan.kept)
     return plan
@@ -212,18 +213,18 @@ def _cosine(a: dict, b: dict) -> float:
     return sum(v * b.get(t, 0.0) for t, v in a.items())
 
 
-def _paragraphs(units: list[Unit], findings: list[str]) -> str:
+def _paragraphs(units: list[Unit], findings: list[tuple[int, str]]) -> str:
     """The findings first, then one paragraph per source, the sources in order of their first unit."""
     by_source: dict[int, list[Unit]] = {}
     for unit in units:
         by_source.setdefault(unit.source, []).append(unit)
-    paragraphs = [" ".join(findings)] if findings else []
+    paragraphs = [" ".join(_cite(text, number) for number, text in findings)] if findings else []
     paragraphs += [" ".join(u.cited() for u in group) for group in by_source.values()]
     return "\n\n".join(paragraphs)
 
 
-def _summary_material(plan: Plan, findings, sections, budget: int) -> list[str]:
-    """The data's headline figures, then the leading finding of each section (other sources first), cited."""
+def _summary_material(plan: Plan, findings, budget: int) -> list[tuple[int, str]]:
+    """The data's headline figures, then the leading finding of each section (other sources first): (source, text)."""
     lines = [f[0] for f in (findings[s] for s in plan.kept) if f]
     used = set()
     for s in plan.kept:
@@ -232,13 +233,13 @@ def _summary_material(plan: Plan, findings, sections, budget: int) -> list[str]:
             continue
         lead = next((u for u in ranked if u.source not in used), ranked[0])
         used.add(lead.source)
-        lines.append(_cite(lead.texts[0], lead.source))
+        lines.append((lead.source, lead.texts[0]))
     kept, words = [], 0
-    for line in lines:
+    for number, text in lines:
         if kept and words >= budget and len(kept) >= 4:
             break
-        kept.append(line)
-        words += word_count(line)
+        kept.append((number, text))
+        words += word_count(_cite(text, number))
     return kept
 
 
@@ -262,18 +263,19 @@ def _place(sections, analysis, subject: set):
     return placements
 
 
-def _findings(analysis, sections, placements, source_count: int) -> list[list[str]]:
-    """The analyst's findings, cited to their table, in the section that shows the table."""
+def _findings(analysis, sections, placements, source_count: int) -> list[list[tuple[int, str]]]:
+    """The analyst's findings as (the table's reference number, sentence), in the section that shows the table."""
     home = {item["dataset"]: i for i, items in enumerate(placements) for item in items}
-    out: list[list[str]] = [[] for _ in sections]
+    out: list[list[tuple[int, str]]] = [[] for _ in sections]
     for finding in analysis.get("findings", []):
         if finding["dataset"] in home:
             section = home[finding["dataset"]]
+            reference = source_count + finding["dataset"]
             # Headlines first; the rest only while they leave the documents half the section's words.
-            if out[section] and sum(map(word_count, out[section])) + word_count(finding["text"]) > \
-                    sections[section]["word_budget"] / 2:
+            if out[section] and sum(word_count(_cite(t, n)) for n, t in out[section]) + \
+                    word_count(_cite(finding["text"], reference)) > sections[section]["word_budget"] / 2:
                 continue
-            out[section].append(_cite(finding["text"], source_count + finding["dataset"]))
+            out[section].append((reference, finding["text"]))
     return out
 
 
@@ -348,15 +350,13 @@ class ModelWriter:
         self.used = 0
         self.down = None  # why the model is not asked again in this report
 
-    def section(self, section, units: list[Unit], findings: list[str], tables, extractive: str) -> str:
-        figures = [(_citation(f), _strip_citation(f)) for f in findings]
-        passages = [(u.source, u.text) for u in units] + figures + tables
+    def section(self, section, units: list[Unit], findings: list[tuple[int, str]], tables, extractive: str) -> str:
+        passages = [(u.source, u.text) for u in units] + findings + tables
         return self._ask(section["heading"], section["purpose"], section["questions"], passages,
                          section["word_budget"], extractive)
 
-    def summary(self, outline, lines: list[str], written: dict[int, str]) -> str:
-        extractive = " ".join(lines)
-        passages = [(_citation(line), _strip_citation(line)) for line in lines]
+    def summary(self, outline, passages: list[tuple[int, str]]) -> str:
+        extractive = " ".join(_cite(text, number) for number, text in passages)
         return self._ask("Executive summary", f"the main findings about {outline['subject']}, from the sections",
                          ["What are the headline figures and the main finding of each section?"], passages,
                          outline["summary_word_budget"], extractive)
@@ -388,12 +388,3 @@ class ModelWriter:
         else:
             mode = "model" if not self.fallbacks else "model with fallbacks"
         return {"mode": mode, "model": self.model, "fallbacks": self.fallbacks}
-
-
-def _citation(line: str) -> int:
-    found = re.findall(r"\[(\d+)\]", line)
-    return int(found[-1]) if found else 0
-
-
-def _strip_citation(line: str) -> str:
-    return re.sub(r"\s*\[\d+\]", "", line)
