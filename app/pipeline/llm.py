@@ -4,9 +4,9 @@ The extractive writer never says anything a source did not say. A model can writ
 but it can also invent facts and cite sources that do not exist, so this module holds the model
 to the writer's contract: it sees only the passages of the section, each prefixed with its source
 number, and its answer is accepted only if it is non-empty and every citation [n] names one of
-those numbers; a sentence that cites nothing is removed before
-anyone reads it. Anything else, including every failure of the HTTP call, is an LLMError whose
-message says what happened, and the writer falls back to its extractive text for that section.
+those numbers; a sentence that cites nothing is removed before anyone reads it. Anything else,
+including every failure of the HTTP call, is an LLMError whose message says what happened, and
+the writer falls back to its extractive text for that section.
 
 The server is anything that speaks POST {base_url}/chat/completions: OpenAI, vLLM, llama.cpp,
 Ollama (base_url http://localhost:11434/v1). Settings come from the deployment settings dict

@@ -87,9 +87,9 @@ def asked_for(text: str) -> set[int]:
     return {i for i, (heading, _, _) in enumerate(SECTION_LIBRARY) if re.search(SECTION_ASKED[heading], text, re.I)}
 
 
-def sections_for(text: str, count: int) -> list[int]:
+def sections_for(asked: set[int], count: int) -> list[int]:
     """The sections asked for, then the essentials, `count` in all (more if more were asked for); in reading order."""
-    chosen = asked_for(text)
+    chosen = set(asked)
     for index in PRIORITY:
         if len(chosen) >= count:
             break
@@ -104,7 +104,8 @@ class Planner:
         req = context.requirements
         complexity = req.get("complexity", "moderate")
         subject = subject_of(req["topic"])
-        chosen = sections_for(f"{req['topic']} {context.user_request}", SECTIONS_BY_COMPLEXITY[complexity])
+        asked = asked_for(f"{req['topic']} {context.user_request}")
+        chosen = sections_for(asked, SECTIONS_BY_COMPLEXITY[complexity])
         word_budget = req["page_count"] * WORDS_PER_PAGE
         summary_words = max(60, word_budget // 12)
         per_section = (word_budget - summary_words) // len(chosen)
@@ -119,7 +120,7 @@ class Planner:
                 # What the material is found by: the questions without the subject (it matches everything).
                 "search": " ".join([heading, purpose.format(s=""), *(q.format(s="") for q in questions),
                                     SECTION_VOCABULARY[heading]]),
-                "asked": index in asked_for(f"{req['topic']} {context.user_request}"),
+                "asked": index in asked,
                 "word_budget": per_section,
             })
         return {
