@@ -173,6 +173,16 @@ def test_the_appendix_reads_older_writer_outputs_and_no_review(png):
             "Policy (cited [9] ## x).") in fallen_back["markdown"]  # a newline in a reason starts nothing
 
 
+def test_the_appendix_says_so_when_a_configured_model_wrote_no_section(png):
+    writer = {"mode": "extractive (the model fell back everywhere)", "model": "stand-in",
+              "fallbacks": [{"section": "Outlook", "reason": "timed out after 2 s"},
+                            {"section": "Prices", "reason": "not asked: the model failed earlier"}]}
+    output, _ = publish(make_context(png, writer=writer))
+
+    assert ("Written extractively from the sources: the model stand-in wrote no section; 2 sections fell back: "
+            "Outlook (timed out after 2 s), Prices (not asked: the model failed earlier).") in output["markdown"]
+
+
 def test_raw_html_stays_escaped(png):
     context = make_context(png)
     context.outputs["writer"]["markdown"] = context.outputs["writer"]["markdown"].replace(

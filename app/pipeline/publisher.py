@@ -100,16 +100,19 @@ def writer_note(draft: dict) -> str:
     # Older writer outputs have no "writer" record, only top-level "mode" and "fallbacks".
     info = draft.get("writer") or {"mode": draft.get("mode"), "model": None, "fallbacks": draft.get("fallbacks")}
     mode, model, fallbacks = info.get("mode"), info.get("model"), info.get("fallbacks") or []
-    if mode == "extractive":
-        return "Written extractively from the sources (no model configured)."
-    if mode not in ("model", "model with fallbacks"):
-        return "The writer did not record how it wrote this report."
     who = f"the model {_one_line(model)}" if model else "a language model"
     if not fallbacks:
-        return f"Written by {who}; every section came from the model."
+        if mode == "extractive":
+            return "Written extractively from the sources (no model configured)."
+        if mode == "model":
+            return f"Written by {who}; every section came from the model."
+        return "The writer did not record how it wrote this report."
     count = f"{len(fallbacks)} section{'s' if len(fallbacks) != 1 else ''} fell back"
     reasons = ", ".join(f"{_one_line(f['section'])} ({_one_line(f['reason'])})" for f in fallbacks)
-    return f"Written by {who}; {count} to extractive writing: {reasons}."
+    if mode in ("model", "model with fallbacks"):
+        return f"Written by {who}; {count} to extractive writing: {reasons}."
+    # The model was configured but wrote nothing (the writer's "extractive (the model fell back everywhere)").
+    return f"Written extractively from the sources: {who} wrote no section; {count}: {reasons}."
 
 
 def _one_line(value) -> str:

@@ -192,7 +192,7 @@ def assign(units: list[Unit], sections, subject: set, placements, findings) -> P
         if s not in open_sections or (not plan.units[s] and not findings[s] and not placements[s]):
             words = sum(u.words for u in plan.units[s])
             plan.left_out.append((s, f"the sources hold too little on it ({words} words of material, "
-                                     f"{MIN_SECTION_WORDS} needed); its sentences went to other sections"
+                                     f"{MIN_SECTION_WORDS} needed)"
                                   if words else "nothing in the sources answers its questions"))
     plan.kept = [s for s in plan.kept if s not in {p for p, _ in plan.left_out}]
     for s in plan.kept:  # in document order: _paragraphs groups each source's units in the order they came
