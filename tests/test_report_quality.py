@@ -7,8 +7,6 @@ import re
 import pytest
 from test_pipeline import run_pipeline
 
-from app.pipeline.data_collection import NothingOnTheSubject
-
 
 def write(folder, name, title, *paragraphs, source="Test Wind Council 2024", retrieved="2025-01-15"):
     (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +80,16 @@ def test_every_wording_of_the_topic_finds_the_on_topic_documents_and_never_the_o
     assert "Knitting" not in outputs["writer"]["markdown"]
 
 
-def test_a_topic_the_library_does_not_cover_fails_with_what_to_do_and_uses_nothing(wind):
-    with pytest.raises(NothingOnTheSubject, match="REPORTS_LIBRARY_DIR"):
-        run_pipeline(wind, topic="Quantum Computing Industry")
+def test_a_topic_the_library_does_not_cover_uses_none_of_it_and_says_what_to_do(wind):
+    outputs, _ = run_pipeline(wind, topic="Quantum Computing Industry", pages=3, sources=5)
+
+    assert outputs["data_collection"]["sources"] == [] and outputs["api_research"]["datasets"] == []
+    markdown = outputs["publisher"]["markdown"]
+    body = markdown.split("## References")[0]
+    assert "## Executive summary" in body and "has no findings to give" in body
+    assert re.findall(r"\[\d+\]", body) == [] and "library:" not in markdown
+    documents = next(f for f in outputs["reviewer"]["findings"] if f["check"] == "documents")
+    assert documents["ok"] is False and "REPORTS_LIBRARY_DIR" in documents["detail"]
 
 
 def test_a_long_form_table_at_the_library_root_becomes_a_table_a_chart_and_cited_findings(wind):

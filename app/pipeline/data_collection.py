@@ -6,7 +6,7 @@ session. The rest are the library documents about the report's subject, decided 
 document (relevance.py); once a document is in, all its passages are the writer's to place.
 Every source keeps its title, location, its own source line and date, retrieval time, content
 hash and the passages the writer may quote, so each citation can be traced back. A subject the
-library does not cover, with no usable URL, fails the step with what to do.
+library does not cover gets no library source at all, rather than unrelated ones.
 """
 from datetime import datetime, timezone
 
@@ -38,10 +38,6 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class NothingOnTheSubject(ValueError):
-    """The library holds no document about the report's subject and the request named no usable URL."""
-
-
 class DataCollection:
     name = "data_collection"
 
@@ -66,12 +62,6 @@ class DataCollection:
                 "passages": _passages(list(document.passages), query),
             })
             context.progress(f"collected {len(sources)} of {wanted} sources")
-        if not sources:
-            raise NothingOnTheSubject(
-                f"none of the {len(documents)} documents in the library ({folder}) is about {topic!r}"
-                + (f" (no document dwells on {', '.join(chosen.subject_words)})" if chosen.subject_words else "")
-                + ", and the request names no URL that could be read: add documents about it to "
-                  "REPORTS_LIBRARY_DIR, name URLs in `urls`, or word the topic as the library does")
         for number, source in enumerate(sources, start=1):
             source["number"] = number
         return {

@@ -28,7 +28,7 @@ class Reviewer:
         def finding(check, ok, detail):
             findings.append({"check": check, "ok": ok, "detail": detail})
 
-        finding("documents", True, _documents(collected, sources))
+        finding("documents", bool(sources), _documents(collected, sources))
         left_out = {item["section"]: item["reason"] for item in draft.get("left_out", [])}
         bodies = _sections(markdown)
         for section in outline["sections"]:
@@ -75,6 +75,9 @@ def _documents(collected, sources) -> str:
     text = f"{len(sources)} sources used"
     if about is not None:
         text += f"; {about} of the {searched} library documents are about {subject}"
+    if not sources:
+        text += ("; add documents about it to REPORTS_LIBRARY_DIR, name URLs in `urls`, or word the topic as "
+                 "the library's documents do")
     if collected.get("relaxed_words"):
         text += (f"; the topic's words {', '.join(repr(w) for w in collected['relaxed_words'])} were not "
                  "required of a document, to find enough of them")

@@ -62,7 +62,8 @@ class Writer:
                                               _table_lines(placements[position], datasets, len(sources)),
                                               extractive)
 
-        summary = model.summary(outline, _summary_material(plan, findings, outline["summary_word_budget"]))
+        summary = (model.summary(outline, _summary_material(plan, findings, outline["summary_word_budget"]))
+                   or _nothing_found(outline, collected))
         lines = [f"# {outline['title']}", "", "## Executive summary", "", summary, ""]
         section_words = []
         for position in plan.kept:
@@ -241,6 +242,12 @@ def _summary_material(plan: Plan, findings, budget: int) -> list[tuple[int, str]
         kept.append((number, text))
         words += word_count(_cite(text, number))
     return kept
+
+
+def _nothing_found(outline, collected) -> str:
+    """What the report says when no source had anything for it: not a claim about the subject, so uncited."""
+    return (f"_None of the {collected.get('documents_searched', 0)} documents in the library, and no URL the "
+            f"request named, holds material on {outline['subject']}: this report has no findings to give._")
 
 
 # -- data ----------------------------------------------------------------------------------------
