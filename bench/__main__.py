@@ -17,7 +17,7 @@ from bench.common import ROOT, Result, cpu_count
 
 # In the order the table shows them; each is bench/<name>.py.
 BENCHMARKS = ["status_poll", "step_commit", "json_store", "executor", "peer_dbos", "listing", "cleanup",
-              "recovery", "memory"]
+              "recovery", "memory", "report"]
 
 
 def main() -> int:
