@@ -115,7 +115,8 @@ class LocalSite(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         LocalSite.prompts.append(body)
         numbers = re.findall(r"^\[(\d+)\]", body["messages"][-1]["content"], re.M) or ["1"]
-        answer = f"The model summarised the passages for this section [{numbers[0]}]."
+        # A cited sentence, then one that cites nothing: the writer must not publish the second.
+        answer = f"The model summarised the passages for this section [{numbers[0]}]. An uncited model claim."
         self._send(200, "application/json", json.dumps({
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -189,6 +190,26 @@ def test_with_a_model_configured_the_writer_uses_it_and_keeps_citations(app, cli
     assert LocalSite.prompts and LocalSite.prompts[0]["model"] == "local-model"
     status = client.get(f"/api/report-status/{session_id}").get_json()
     assert status["writer"]["mode"] == "model" and status["writer"]["model"] == "local-model"
+
+
+def test_the_model_gets_each_sections_own_passages_and_the_tables_figures_and_no_uncited_sentence_is_published(
+        app, client, site):
+    app.config.update(LLM_BASE_URL=f"{site}/v1", LLM_MODEL="local-model", LLM_API_KEY="k", LLM_MAX_RETRIES=0)
+    body = json.loads(json.dumps(REQUEST))
+    body["requirements"] |= {"page_count": 3, "complexity": "moderate"}
+
+    session_id, _ = run_report(app, client, body)
+
+    report = client.get(f"/api/reports/{session_id}").get_json()
+    prompts = {re.search(r"^Section: (.*)$", p["messages"][-1]["content"], re.M).group(1): p["messages"][-1]["content"]
+               for p in LocalSite.prompts}
+    # Every section written, and the summary, was asked for once; a section without passages was not sent.
+    assert sorted(prompts) == sorted([s["heading"] for s in report["sections"]] + ["Executive summary"])
+    assert len(LocalSite.prompts) == len(prompts)
+    passages = {heading: frozenset(re.findall(r"^\[\d+\] .*$", prompt, re.M)) for heading, prompt in prompts.items()}
+    assert len(set(passages.values())) == len(passages)  # each section its own passages
+    assert "2023, 8.1, 3.2, 1.4" in prompts["Market size and growth"]  # the data section sees the table's figures
+    assert "An uncited model claim" not in report["markdown"]
 
 
 def test_when_the_model_fails_the_writer_falls_back_to_the_sources(app, client):
