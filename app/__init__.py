@@ -6,6 +6,7 @@ from pathlib import Path
 from flask import Flask
 
 from app.pipeline import PipelineError, load_pipeline
+from app.security import trusted_hosts
 from app.startup import ConfigError
 
 __all__ = ["create_app", "ConfigError"]
@@ -20,8 +21,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_extensions(app)
     register_pipeline(app)
     register_blueprints(app)
+    register_request_checks(app)
     register_error_handlers(app)
     register_commands(app)
+    register_middleware(app)
     return app
 
 
@@ -34,6 +37,8 @@ def load_config(app: Flask, test_config: dict | None) -> None:
         app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
     if test_config:
         app.config.update(test_config)
+    # Flask checks request.host against TRUSTED_HOSTS; ResponseGuard checks it before the fast paths too.
+    app.config["TRUSTED_HOSTS"] = trusted_hosts(app.config["TRUSTED_HOSTS"])
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "app.db")
@@ -92,24 +97,22 @@ def register_blueprints(app: Flask) -> None:
     from app.reports.routes import blp as reports_blp
     from app.sessions.routes import blp as sessions_blp
     from app.extensions import db
-    from app.models import STATUSES
-    from app.schemas import LIMITS
-    from app.sessions.listing import ListingFastPath, SessionPages
-    from app.sessions.status import StatusFastPath, StatusReader
+    from app.sessions.listing import SessionPages
+    from app.sessions.status import StatusReader
     from app.web.routes import bp as web_bp
 
     api.register_blueprint(reports_blp)
     api.register_blueprint(sessions_blp)
     app.register_blueprint(web_bp)
-    # The status poll is answered before Flask dispatches: it is the one request every open page
-    # repeats every second or two, and most of its cost would otherwise be the framework's.
     with app.app_context():
-        app.extensions["report_status_reader"] = reader = StatusReader(db.engine)
-        app.extensions["report_session_pages"] = pages = SessionPages(db.engine)
-    app.wsgi_app = StatusFastPath(app.wsgi_app, reader)
-    # The sessions page and operators' scripts list often too; same idea, valid requests only.
-    app.wsgi_app = ListingFastPath(app.wsgi_app, pages, app.extensions["report_store"], STATUSES,
-                                   app.config["SESSIONS_PAGE_SIZE"], LIMITS["page_size"][1])
+        app.extensions["report_status_reader"] = StatusReader(db.engine)
+        app.extensions["report_session_pages"] = SessionPages(db.engine)
+
+
+def register_request_checks(app: Flask) -> None:
+    from app.security import refuse_cross_site
+
+    app.before_request(refuse_cross_site)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -122,3 +125,22 @@ def register_commands(app: Flask) -> None:
     from app.cli import sessions_cli
 
     app.cli.add_command(sessions_cli)
+
+
+def register_middleware(app: Flask) -> None:
+    """WSGI layers around Flask, innermost first; ResponseGuard must stay outermost."""
+    from app.models import STATUSES
+    from app.schemas import LIMITS
+    from app.security import ResponseGuard
+    from app.sessions.listing import ListingFastPath
+    from app.sessions.status import StatusFastPath
+
+    # The status poll is answered before Flask dispatches: it is the one request every open page
+    # repeats every second or two, and most of its cost would otherwise be the framework's.
+    app.wsgi_app = StatusFastPath(app.wsgi_app, app.extensions["report_status_reader"])
+    # The sessions page and operators' scripts list often too; same idea, valid requests only.
+    app.wsgi_app = ListingFastPath(app.wsgi_app, app.extensions["report_session_pages"],
+                                   app.extensions["report_store"], STATUSES,
+                                   app.config["SESSIONS_PAGE_SIZE"], LIMITS["page_size"][1])
+    # Host check and security headers for every answer, the fast paths' included.
+    app.wsgi_app = ResponseGuard(app.wsgi_app, app.config["TRUSTED_HOSTS"])

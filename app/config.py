@@ -46,6 +46,11 @@ STOP_TIMEOUT = 20           # on SIGTERM, wait this long for running steps befor
 # SQLite: how long a writer waits for the lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
+# Host names this service answers to (the Host header); any other gets 400, which stops DNS
+# rebinding. A JSON list or comma-separated names; ".example.com" admits its subdomains; "*" any.
+# Set it to the public name when the service is reached by one (behind a proxy, in a container).
+TRUSTED_HOSTS = ["localhost", "127.0.0.1"]
+
 # Requests: submitted bodies larger than this are refused with 413.
 MAX_CONTENT_LENGTH = 64 * 1024
 

@@ -1,11 +1,13 @@
 """Extension objects, created unbound; create_app() initialises them with init_app()."""
 from flask_migrate import Migrate
 from flask_smorest import Api as _Api
+from flask_smorest import Blueprint as _Blueprint
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from app.errors import ErrorSchema, json_error_response
+from app.json_input import StrictJSONParser
 
 
 class Base(DeclarativeBase):
@@ -26,6 +28,12 @@ class Api(_Api):
 
     def handle_http_exception(self, error):
         return json_error_response(error)
+
+
+class Blueprint(_Blueprint):
+    """flask-smorest's Blueprint, reading JSON bodies strictly (app/json_input.py)."""
+
+    ARGUMENTS_PARSER = StrictJSONParser()
 
 
 db = SQLAlchemy(model_class=Base)

@@ -7,27 +7,43 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from app.models import STATUSES, iso
+from app.sessions.listing import CURSOR_PATTERN
 
 COMPLEXITIES = ("simple", "moderate", "complex")
+# A NUL cannot be stored as text by every database; saying so in the schema tells clients too.
+NO_NUL = validate.Regexp(r"^[^\x00]*$", error="Text cannot hold a NUL character.")
+# http(s) with a host and no user:password@; the fetch step vets the address itself (web.py).
+HTTP_URL = validate.Regexp(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f/?#@\\]+([/?#][^\x00-\x20\x7f]*)?$",
+                           error="Not an http(s) URL.")
 LIMITS = {"topic": 200, "user_request": 5000, "page_count": (1, 200), "source_count": (1, 50), "urls": 10,
           "url_length": 2000, "page_size": (1, 500)}
 
 
+class WholeNumber(fields.Integer):
+    """A JSON integer: 20 or 20.0 (JSON Schema counts both as integers), never "20", 20.5 or true."""
+
+    def _validated(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
+            raise self.make_error("invalid", input=value)
+        return int(value)
+
+
 class RequirementsSchema(ma.Schema):
-    topic = fields.String(required=True, validate=validate.Length(1, LIMITS["topic"]),
+    topic = fields.String(required=True, validate=[validate.Length(1, LIMITS["topic"]), NO_NUL],
                           metadata={"example": "Electric Vehicle Market Analysis"})
-    page_count = fields.Integer(required=True, strict=True, validate=validate.Range(*LIMITS["page_count"]),
-                                metadata={"example": 20})
-    source_count = fields.Integer(required=True, strict=True, validate=validate.Range(*LIMITS["source_count"]),
-                                  metadata={"example": 10})
+    page_count = WholeNumber(required=True, validate=validate.Range(*LIMITS["page_count"]),
+                             metadata={"example": 20})
+    source_count = WholeNumber(required=True, validate=validate.Range(*LIMITS["source_count"]),
+                               metadata={"example": 10})
     complexity = fields.String(load_default="moderate", validate=validate.OneOf(COMPLEXITIES),
                                metadata={"example": "moderate"})
     urls = fields.List(
-        fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=LIMITS["url_length"])),
+        fields.String(validate=[validate.Length(max=LIMITS["url_length"]), HTTP_URL]),
         validate=validate.Length(max=LIMITS["urls"]),
         metadata={"description": "web pages to use as sources (fetched by the server; private addresses refused)"})
     data_urls = fields.List(
-        fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=LIMITS["url_length"])),
+        fields.String(validate=[validate.Length(max=LIMITS["url_length"]), HTTP_URL]),
         validate=validate.Length(max=LIMITS["urls"]),
         metadata={"description": "CSV or JSON tables to analyse (first column: x, e.g. year; then numeric series)"})
 
@@ -39,7 +55,7 @@ class RequirementsSchema(ma.Schema):
 
 
 class SubmitRequestSchema(ma.Schema):
-    user_request = fields.String(required=True, validate=validate.Length(1, LIMITS["user_request"]),
+    user_request = fields.String(required=True, validate=[validate.Length(1, LIMITS["user_request"]), NO_NUL],
                                  metadata={"example": "A market analysis of electric vehicles for investors"})
     requirements = fields.Nested(RequirementsSchema, required=True)
 
@@ -51,13 +67,21 @@ class SubmitResponseSchema(ma.Schema):
 
 
 class StatusSchema(ma.Schema):
-    """The session status document (stored pre-rendered; this schema documents it)."""
+    """The session status document (stored pre-rendered by Store.render; this schema documents it).
+
+    Steps may add fields of their own (the default pipeline's writer and reviewer add `writer`
+    and `review`); a custom pipeline's steps may add others, so the document is open to them.
+    """
+
+    class Meta:
+        unknown = ma.INCLUDE  # documented as additionalProperties: a step's own fields
 
     session_id = fields.String()
     status = fields.String(metadata={"enum": list(STATUSES)})
     user_request = fields.String()
     report_requirements = fields.Nested(RequirementsSchema)
     current_agent = fields.String(allow_none=True)
+    message = fields.String(allow_none=True, metadata={"description": "the running step's latest progress message"})
     completed_tasks = fields.List(fields.String(), metadata={"description": "finished steps, in pipeline order"})
     progress = fields.Float(metadata={"description": "0..1"})
     pipeline = fields.List(fields.String())
@@ -69,13 +93,16 @@ class StatusSchema(ma.Schema):
     cancel_requested = fields.Boolean()
     attempts = fields.Integer(metadata={"description": "resumes after the process running it was lost"})
     report_url = fields.String(allow_none=True)
+    writer = fields.Dict(metadata={"description": "added by the writer step: how the report was written"})
+    review = fields.Dict(allow_none=True, metadata={"description": "added by the reviewer step: its findings"})
 
 
 class SessionListArgsSchema(ma.Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
     limit = fields.Integer(validate=validate.Range(*LIMITS["page_size"]),
                            metadata={"description": "page size (default 50)"})
-    cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
+    cursor = fields.String(validate=validate.Regexp(f"{CURSOR_PATTERN}|^$", error="Invalid cursor."),
+                           metadata={"description": "next_cursor of the previous page (empty: the first page)"})
 
 
 class UTCTime(fields.DateTime):
@@ -100,6 +127,9 @@ class SessionListSchema(ma.Schema):
 
 class ReportSchema(ma.Schema):
     """The finished report: the output of the pipeline's last step (the publisher), with the session id."""
+
+    class Meta:
+        unknown = ma.INCLUDE  # a custom pipeline's last step returns keys of its own
 
     session_id = fields.String()
     title = fields.String()

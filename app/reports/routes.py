@@ -1,9 +1,9 @@
 """Routes: POST /api/submit-requirements, GET /api/reports/<id>."""
 from flask import Response, current_app, jsonify, request, url_for
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 from werkzeug.utils import secure_filename
 
-from app.extensions import db
+from app.extensions import Blueprint, db
 from app.models import ReportSession, Step
 from app.runner import get_store
 from app.schemas import ReportSchema, SubmitRequestSchema, SubmitResponseSchema

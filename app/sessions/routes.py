@@ -1,9 +1,8 @@
 """Routes: status, listing, cancel, retry and delete of sessions."""
-import json
-
 from flask import Response, current_app, jsonify, request
-from flask_smorest import Blueprint, abort
+from flask_smorest import abort
 
+from app.extensions import Blueprint
 from app.reports.routes import not_found_detail
 from app.runner import get_store
 from app.runner.store import Conflict
@@ -24,14 +23,7 @@ def report_status(session_id):
     Polls of existing sessions are answered by StatusFastPath before reaching this view;
     it answers the same way for any request that does get here.
     """
-    found = current_app.extensions["report_status_reader"](session_id)
-    if found is None:
-        abort(404, message=not_found_detail(session_id))
-    version, document = found
-    response = Response(document, mimetype="application/json")
-    response.set_etag(etag_for(version).strip('"'))
-    response.headers["Cache-Control"] = "no-cache"
-    return response.make_conditional(request)
+    return status_response(session_id).make_conditional(request)
 
 
 @blp.get("/sessions")
@@ -40,11 +32,8 @@ def report_status(session_id):
 def list_sessions(args):
     """Sessions, newest first, a page at a time (follow next_cursor); filter with ?status=."""
     status = args.get("status")
-    try:
-        cursor = decode_cursor(args["cursor"]) if "cursor" in args else None
-    except ValueError:
-        abort(422, message="Invalid cursor: pass next_cursor from the previous page.",
-              errors={"cursor": ["Invalid cursor."]})
+    # The schema admits only cursors decode_cursor reads; "?cursor=" asks for the first page.
+    cursor = decode_cursor(args["cursor"]) if args.get("cursor") else None
     limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
     return jsonify(listing_document(current_app.extensions["report_session_pages"], get_store(current_app).counts(),
                                     limit, status, cursor))
@@ -67,7 +56,7 @@ def delete_session(session_id):
 def cancel_session(session_id):
     """Cancel a session: at once if nobody is running it, else when its current step ends."""
     status = _apply(get_store(current_app).cancel, session_id)
-    return status_document(session_id), 200 if status == "cancelled" else 202
+    return status_response(session_id, 200 if status == "cancelled" else 202)
 
 
 @blp.post("/sessions/<session_id>/retry")
@@ -80,7 +69,7 @@ def retry_session(session_id):
     runner = current_app.extensions.get("report_runner")
     if runner is not None:
         runner.wake()
-    return status_document(session_id)
+    return status_response(session_id, 202)
 
 
 def _apply(operation, session_id):
@@ -93,6 +82,13 @@ def _apply(operation, session_id):
     return result
 
 
-def status_document(session_id):
+def status_response(session_id, code: int = 200) -> Response:
+    """The stored status document, exactly as polls get it (cancel and retry answer with it too)."""
     found = current_app.extensions["report_status_reader"](session_id)
-    return json.loads(found[1]) if found else abort(404, message=not_found_detail(session_id))
+    if found is None:
+        abort(404, message=not_found_detail(session_id))
+    version, document = found
+    response = Response(document, status=code, mimetype="application/json")
+    response.set_etag(etag_for(version).strip('"'))
+    response.headers["Cache-Control"] = "no-cache"
+    return response

@@ -10,15 +10,16 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder="stat
 # Pages run only our own script files; user text is only ever inserted as text, never as HTML.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                "frame-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-# The report shown inside the session page: its own inline styles and embedded charts, nothing else.
-REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+# The report shown inside the session page: its own inline styles and embedded charts, nothing else;
+# sandboxed even when opened outside the frame, so it never runs with the service's origin.
+REPORT_POLICY = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+                 "form-action 'none'; frame-ancestors 'self'")
 
 
 @bp.after_request
-def security_headers(response):
+def page_policy(response):
+    # The pages' own policy; app/security.py adds nosniff and the rest to every response.
     response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
