@@ -5,6 +5,12 @@ import sys
 wsgi_app = "wsgi:app"
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threaded workers: a client that sends its request slowly holds one thread, not the whole
+# process, so the worker keeps answering polls and keeps telling the master it is alive (a sync
+# worker stuck reading a body misses its heartbeat and is killed, runner threads and all).
+# An exposed deployment still belongs behind a buffering proxy (README: "Behind nginx").
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "16"))
 # A worker told to stop waits for its running steps (REPORTS_STOP_TIMEOUT, 20 s by default)
 # before exiting; give it that long before gunicorn kills it.
 graceful_timeout = 30

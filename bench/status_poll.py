@@ -1,5 +1,6 @@
 """GET /api/report-status/<id> under gunicorn -w 2 and wrk, full body and 304, vs a bare Flask JSON endpoint."""
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -7,7 +8,8 @@ import subprocess
 from bench.common import ROOT, Result, median, temporary_folder
 
 NAME = "status_poll"
-WHAT = "status poll req/s (wrk -t2 -c16, gunicorn -w 2), full body and 304, vs a bare Flask JSON endpoint"
+WHAT = ("status poll req/s (wrk -t2 -c16, gunicorn -w 2, the project's gthread workers), full body and 304, "
+        "vs a bare Flask JSON endpoint on the same workers")
 
 FAST = ["agents:First", "agents:Second", "agents:Third"]
 
@@ -41,13 +43,20 @@ def wrk(binary: str, url: str, seconds: int, headers=()) -> tuple[float, str]:
     return float(match.group(1)), problems
 
 
+def project_workers() -> tuple[str, ...]:
+    """gunicorn.conf.py's worker class and threads as options: the baseline must run the same workers,
+    or the ratio would measure the worker class (gthread keeps connections alive; sync closes each)."""
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    return ("--worker-class", config["worker_class"], "--threads", str(config["threads"]))
+
+
 def start_bare(log_dir, env):
-    """`gunicorn -w 2 bare_app:app` from bench/, so the project's gunicorn.conf.py does not apply."""
+    """`gunicorn -w 2 bare_app:app` from bench/ (the project's hooks do not apply), with the project's workers."""
     from servers import Server, free_port
 
     class BareServer(Server):
         app = "bare_app:app"
-        options = ("--no-control-socket",)
+        options = ("--no-control-socket", *project_workers())
         folder = ROOT / "bench"
         ready_path = "/api/report-status/x"
 
