@@ -125,6 +125,16 @@ class SessionListSchema(ma.Schema):
     next_cursor = fields.String(allow_none=True, metadata={"description": "pass as ?cursor= for the next page"})
 
 
+class ChartSchema(ma.Schema):
+    class Meta:
+        unknown = ma.INCLUDE  # the analyst's own description of the chart
+
+    png = fields.String(metadata={"description": "file name of the PNG"})
+    svg = fields.String(metadata={"description": "file name of the SVG"})
+    url = fields.String(metadata={"description": "GET this for the PNG"})
+    svg_url = fields.String(metadata={"description": "GET this for the SVG"})
+
+
 class ReportSchema(ma.Schema):
     """The finished report: the output of the pipeline's last step (the publisher), with the session id."""
 
@@ -133,9 +143,13 @@ class ReportSchema(ma.Schema):
 
     session_id = fields.String()
     title = fields.String()
-    markdown = fields.String()
-    html = fields.String(metadata={"description": "a standalone HTML page with a print stylesheet"})
+    markdown = fields.String(metadata={"description": "the report as Markdown, the same text as the .md file"})
     word_count = fields.Integer()
+    sections = fields.List(fields.Raw(), metadata={"description": "the sections written, in order"})
     sources = fields.List(fields.Dict(), metadata={"description": "numbered as cited: [n] is sources[n-1]"})
+    tables = fields.List(fields.Dict(), metadata={"description": "the analyst's data tables"})
+    charts = fields.List(fields.Nested(ChartSchema))
     review = fields.Dict(allow_none=True, metadata={"description": "the reviewer's findings"})
+    files = fields.Dict(metadata={"description": "file names by kind (md, html, pdf)"})
+    downloads = fields.Dict(metadata={"description": "download URLs by kind (md, html, pdf)"})
     report = fields.Raw(metadata={"description": "a custom pipeline's last output, when it is not an object"})

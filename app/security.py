@@ -41,7 +41,8 @@ class ResponseGuard:
 
         def start_with_headers(status, headers, exc_info=None):
             present = {name.lower() for name, _ in headers}
-            headers.append(("X-Content-Type-Options", "nosniff"))  # always ours: never sniff a stored file
+            if "x-content-type-options" not in present:
+                headers.append(("X-Content-Type-Options", "nosniff"))
             if "content-security-policy" not in present:
                 headers.append(("Content-Security-Policy", API_POLICY))
             if "referrer-policy" not in present:

@@ -205,7 +205,7 @@ def test_schemathesis_finds_nothing_in_the_openapi_document(tmp_path):
     """Every check schemathesis has (bounded examples), against a real server running sessions."""
     env = server_env(tmp_path / "app.db", ["agents:First", "agents:Second"], tmp_path / "agents.log")
     migrate(env)
-    with Server(env, tmp_path, workers=2).start() as server:
+    with Server(env, tmp_path, workers=2) as server:
         # One worker thread: CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion
         # depth mismatch"), and hypothesis calls it to describe its strategies.
         result = subprocess.run(
@@ -228,7 +228,7 @@ def test_clients_trickling_their_bodies_stall_no_poll_and_kill_no_worker(tmp_pat
     env = server_env(tmp_path / "app.db", ["agents:First", "agents:Second", "agents:Third"],
                      tmp_path / "agents.log", agent_delay=1.0)
     migrate(env)
-    with QuickTimeoutServer(env, tmp_path, workers=2).start() as server:
+    with QuickTimeoutServer(env, tmp_path, workers=2) as server:
         session_id = submit(server.url)
         stop = time.monotonic() + 12  # well past --timeout
         slow = []

@@ -6,12 +6,21 @@ data: URI so the file stands alone, links each citation [n] to its reference, ke
 with its caption, gives long reports a table of contents, and carries a print stylesheet;
 WeasyPrint renders that same HTML to PDF. The three files are artifacts (report.md,
 report.html, report.pdf); the output keeps what the JSON report needs.
+
+The text holds what strangers wrote (the topic, the request, fetched pages, data titles), so the
+HTML can run nothing and load nothing: links go only to http(s), mailto and the page's own
+anchors, the only images are the analyst's charts, embedded, and an allow-list sanitiser (nh3)
+has the last word over every tag and attribute. A link or image the HTML drops is left as
+plain text in report.md, so a Markdown viewer does not make it live either.
 """
 import base64
 import re
 from html import escape, unescape
 
 import markdown as markdown_lib
+import nh3
+from markdown.extensions import Extension
+from markdown.treeprocessors import Treeprocessor
 
 from app.pipeline import StepOutput
 
@@ -33,7 +42,22 @@ a.cite { text-decoration: none; }
 """
 APPENDIX = "Appendix: how this report was made"
 TOC_MIN_SECTIONS = 5  # below this a reader sees every heading on a page or two anyway
-_CHART = re.compile(r'src="charts/([A-Za-z0-9._-]+)"')
+# The report's HTML may hold what Markdown and this module write, and nothing else: no script, no style
+# attribute, no form, no frame. Every URL attribute is checked again by sanitised_html.
+ALLOWED_TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "br", "hr", "em", "strong", "code", "pre", "blockquote",
+                "ul", "ol", "li", "a", "img", "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption",
+                "nav"}
+ALLOWED_ATTRIBUTES = {"a": {"href", "class"}, "img": {"src", "alt"}, "h2": {"id"}, "li": {"id"}, "ol": {"start"},
+                      "nav": {"class", "aria-label"}, "figure": {"class"},
+                      "*": set()}  # not nh3's default title and lang on every tag
+CHART_TYPES = {"png": "image/png", "svg": "image/svg+xml"}  # by file extension; nothing else is embedded
+_SAFE_LINK = re.compile(r"(?:https?:|mailto:|#)", re.I)
+_URL_PADDING = "".join(map(chr, range(0x21)))  # what a browser strips around a URL: controls and space
+_DESTINATION = re.compile(r"\]\(\s*<?([^\s<>)]*)")  # "](" and the target of a Markdown link or image
+# "[label]: target" defines a link target, also inside a quote or a list item.
+_DEFINITION = re.compile(r"^((?:[ \t]*(?:>|[*+-]|\d{1,9}[.)]))*[ \t]*)\[(?=[^\[\]\n]*\]:)", re.M)
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")  # raw HTML, a comment or an autolink
+_ESCAPED_PUNCTUATION = re.compile(r"\\([!-/:-@\[-`{-~])")
 _H2 = re.compile(r"<h2>(.*?)</h2>", re.S)
 _H2_WITH_ID = re.compile(r'<h2 id="([^"]+)">(.*?)</h2>', re.S)
 # The writer's chart: the image paragraph, then its caption paragraph (writer._render_item).
@@ -55,14 +79,17 @@ class Publisher:
         analysis = context.outputs.get("analyst") or {"tables": [], "charts": []}
         sources = context.outputs["data_collection"]["sources"]
         text = draft["markdown"].rstrip() + "\n\n" + appendix(draft, review)
+        # The analyst's charts are the only files the report may show; any other name stays text.
+        chart_names = {c[kind] for c in analysis["charts"] for kind in ("png", "svg") if isinstance(c.get(kind), str)}
 
         context.progress("rendering HTML")
-        html = render_html(draft["title"], text, context.artifact)
+        html = render_html(draft["title"], text, chart_names, context.artifact)
+        markdown = markdown_for_viewers(text, chart_names)
         context.progress("rendering PDF")
         pdf = render_pdf(html)
         return StepOutput({
             "title": draft["title"],
-            "markdown": text,
+            "markdown": markdown,
             "word_count": draft["word_count"],
             "sections": draft["sections"],
             "sources": [{k: s[k] for k in ("number", "title", "location", "publisher", "retrieved_at",
@@ -72,7 +99,7 @@ class Publisher:
             "review": review,
             "files": {"md": "report.md", "html": "report.html", "pdf": "report.pdf"},
         }, artifacts={
-            "report.md": ("text/markdown; charset=utf-8", text.encode()),
+            "report.md": ("text/markdown; charset=utf-8", markdown.encode()),
             "report.html": ("text/html; charset=utf-8", html.encode()),
             "report.pdf": ("application/pdf", pdf),
         })
@@ -120,24 +147,155 @@ def _one_line(value) -> str:
     return " ".join(str(value).split())
 
 
-def render_html(title: str, text: str, load_artifact) -> str:
+def render_html(title: str, text: str, chart_names: set[str], load_artifact) -> str:
     # The topic is what a stranger typed and the sources are not ours: escape raw HTML first.
-    body = markdown_lib.markdown(escape(text, quote=False), extensions=["tables", "sane_lists"], output_format="html")
+    embedded: set[str] = set()
 
-    def embed(match):
-        name = match.group(1)
-        mime = "image/svg+xml" if name.endswith(".svg") else "image/png"
-        return f'src="data:{mime};base64,{base64.b64encode(load_artifact(name)).decode()}"'
+    def embed(src: str) -> str | None:
+        uri = chart_uri(src, chart_names, load_artifact)
+        if uri:
+            embedded.add(uri)
+        return uri
 
-    body = _CHART.sub(embed, body)
+    body = markdown_lib.markdown(escape(text, quote=False), output_format="html",
+                                 extensions=["tables", "sane_lists", _UntrustedLinks(embed)])
     body = _FIGURE.sub(r"<figure>\1<figcaption>\2</figcaption></figure>", body)
     body = _TABLE.sub(r'<figure class="table"><figcaption>\1</figcaption>\2</figure>', body)
     body = _heading_ids(body)
     body = _link_citations(body, _reference_numbers(text))
     body = _contents(body)
+    body = sanitised_html(body, embedded)
+    # no-referrer: following a link does not tell the site where the reader came from.
     return (f"<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<meta name=\"referrer\" content=\"no-referrer\">\n"
             f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def safe_link(url: str) -> bool:
+    """Whether a browser following this href goes to an http(s) or mailto URL or an anchor of the page."""
+    # As a browser reads it: controls and spaces around it ignored, tabs and newlines inside removed.
+    return bool(_SAFE_LINK.match(re.sub(r"[\t\n\r]", "", url.strip(_URL_PADDING))))
+
+
+def chart_uri(src: str, chart_names: set[str], load_artifact) -> str | None:
+    """The data: URI of "charts/<name>" when the analyst made that chart; None for any other image."""
+    folder, _, name = src.partition("/")
+    mime = CHART_TYPES.get(name.rpartition(".")[2])
+    if folder != "charts" or name not in chart_names or mime is None:
+        return None
+    try:
+        data = load_artifact(name)
+    except KeyError:  # named in the charts list but never stored: the report goes without it
+        return None
+    looks_right = data.startswith(b"\x89PNG\r\n\x1a\n") if mime == "image/png" else b"<svg" in data[:4096]
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}" if looks_right else None
+
+
+class _UntrustedLinks(Extension):
+    """Markdown's links and images, as the report may show them (see _CheckLinks)."""
+
+    def __init__(self, embed):
+        super().__init__()
+        self.embed = embed
+
+    def extendMarkdown(self, md):
+        # After the inline patterns (20) have made the links and images, before prettify (10).
+        md.treeprocessors.register(_CheckLinks(md, self.embed), "untrusted_links", 15)
+
+
+class _CheckLinks(Treeprocessor):
+    """A link keeps its href only if it is safe_link; an image is a chart, embedded, or else its alt text."""
+
+    def __init__(self, md, embed):
+        super().__init__(md)
+        self.embed = embed
+
+    def run(self, root):
+        parents = {child: parent for parent in root.iter() for child in parent}
+        for element in list(root.iter()):
+            # Markdown writes the href as it will appear in the page; the browser decodes it once.
+            if element.tag == "a" and not safe_link(unescape(element.get("href", ""))):
+                element.attrib.pop("href", None)
+            elif element.tag == "img":
+                uri = self.embed(element.get("src", ""))
+                if uri:
+                    element.attrib = {"alt": element.get("alt", ""), "src": uri}
+                else:
+                    _replace_with_text(element, parents[element], element.get("alt", ""))
+
+
+def _replace_with_text(element, parent, text: str):
+    at = list(parent).index(element)
+    text += element.tail or ""
+    if at == 0:
+        parent.text = (parent.text or "") + text
+    else:
+        parent[at - 1].tail = (parent[at - 1].tail or "") + text
+    parent.remove(element)
+
+
+def sanitised_html(body: str, embedded: set[str]) -> str:
+    """The allow-list's last word: only ALLOWED_TAGS and ALLOWED_ATTRIBUTES, safe links, our own charts."""
+
+    def check(tag, attribute, value):
+        if attribute == "href":
+            return value if safe_link(value) else None
+        if attribute == "src":
+            return value if value in embedded else None
+        return value
+
+    # data: passes the scheme list only to reach check(), which keeps exactly the charts embedded above.
+    return nh3.clean(body, tags=ALLOWED_TAGS, clean_content_tags={"script", "style"}, attributes=ALLOWED_ATTRIBUTES,
+                     url_schemes={"http", "https", "mailto", "data"}, attribute_filter=check, link_rel=None,
+                     strip_comments=True)
+
+
+def markdown_for_viewers(text: str, chart_names: set[str]) -> str:
+    """The Markdown as report.md: a link or image the HTML drops, raw HTML and autolinks left as plain text.
+
+    A Markdown viewer renders what it is given, so each is escaped where it starts; the HTML is
+    rendered from the unescaped text, where _CheckLinks and sanitised_html do the same job.
+    """
+    def target(match):
+        url = _ESCAPED_PUNCTUATION.sub(r"\1", unescape(match.group(1)))
+        if url.startswith("charts/") and url[len("charts/"):] in chart_names:
+            keep = _closes_image(text, match.start())  # the writer's figure; a link to it would lead to a file
+        else:
+            keep = safe_link(url) and not _may_be_image(text, match.start())
+        return match.group(0) if keep else "]\\(" + match.group(0)[2:]
+
+    escaped = _DESTINATION.sub(target, text)
+    escaped = _DEFINITION.sub(r"\1\\[", escaped)  # the writer defines no link targets: any is a stranger's
+    return _HTML_START.sub(r"\\<", escaped)
+
+
+def _may_be_image(text: str, close: int) -> bool:
+    """Whether the "](" at `close` may end an image: there is an "![" earlier in its paragraph.
+
+    Brackets nest and code spans hide some, so any "![" counts: the stricter rule holds whenever a viewer could
+    read an image there.
+    """
+    paragraph_start = text.rfind("\n\n", 0, close)
+    return "![" in text[paragraph_start + 1:close]
+
+
+def _closes_image(text: str, close: int) -> bool:
+    """Whether the "]" at `close` pairs, nested brackets counted, with the "[" of an "![" in its paragraph."""
+    depth = 0
+    for at in range(close, text.rfind("\n\n", 0, close), -1):
+        if text[at] in "[]" and not _escaped(text, at):
+            depth += 1 if text[at] == "]" else -1
+            if depth == 0:
+                return text[at - 1:at] == "!" and not _escaped(text, at - 1)
+    return False
+
+
+def _escaped(text: str, at: int) -> bool:
+    backslashes = 0
+    while at - backslashes > 0 and text[at - backslashes - 1] == "\\":
+        backslashes += 1
+    return backslashes % 2 == 1
 
 
 def _text_of(html: str) -> str:

@@ -42,8 +42,7 @@ def submit_requirements(payload):
 def get_report(session_id):
     """The finished report: the output of the pipeline's last step, with download and chart URLs."""
     completed_session(session_id)
-    last = db.session.execute(db.select(Step).where(Step.session_id == session_id)
-                              .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
+    last = last_step(session_id)
     if last is None:
         abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
     report = {"session_id": session_id}
@@ -59,6 +58,15 @@ def get_report(session_id):
     return jsonify(report)
 
 
+# A report file opened in a browser runs nothing, loads nothing but its own embedded charts, sends
+# no form and cannot be framed: the sandbox also gives it an origin of its own, not the service's.
+REPORT_FILE_POLICY = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                      "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# A chart is shown as an image, but an SVG opened by itself is a document: it may not run or load anything.
+CHART_POLICY = "sandbox; default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+CHART_TYPES = {"image/png", "image/svg+xml"}
+
+
 @blp.get("/reports/<session_id>.<any(md, html, pdf):kind>")
 @blp.doc(responses={"200": {"description": "The report file (text/markdown, text/html or application/pdf)"}})
 @blp.alt_response(404, description="No such session or file")
@@ -69,7 +77,8 @@ def download_report(session_id, kind):
     content_type, data = stored_file(session_id, f"report.{kind}")
     filename = f"{secure_filename(session.topic.lower().replace(' ', '-')) or 'report'}.{kind}"
     return Response(data, content_type=content_type,
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "Content-Security-Policy": REPORT_FILE_POLICY})
 
 
 @blp.get("/reports/<session_id>/charts/<name>")
@@ -77,10 +86,12 @@ def download_report(session_id, kind):
 @blp.alt_response(404, description="No such session or chart")
 @blp.alt_response(409, description="The report is not ready yet")
 def get_chart(session_id, name):
-    """A chart of the report, at a stable URL."""
+    """A chart of the report, at a stable URL: only the files the report lists as its charts."""
     completed_session(session_id)
-    content_type, data = stored_file(session_id, name)
-    response = Response(data, content_type=content_type)
+    found = get_store(current_app).artifact(session_id, name) if name in chart_names(session_id) else None
+    if found is None or found[0] not in CHART_TYPES:
+        abort(404, message=f"Session '{session_id}' has no chart '{name}'.")
+    response = Response(found[1], content_type=found[0], headers={"Content-Security-Policy": CHART_POLICY})
     response.cache_control.max_age = 86400  # a finished report's charts never change
     return response
 
@@ -92,6 +103,22 @@ def completed_session(session_id) -> ReportSession:
     if session.status != "completed":
         abort(409, message=f"Session '{session_id}' is {session.status}; the report is ready when it is completed.")
     return session
+
+
+def last_step(session_id) -> Step | None:
+    """The pipeline's last finished step: its output is the report."""
+    return db.session.execute(db.select(Step).where(Step.session_id == session_id)
+                              .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def chart_names(session_id) -> set[str]:
+    """The files the report (the last step's output) lists as its charts: each chart's png and svg."""
+    last = last_step(session_id)
+    charts = last.output.get("charts") if last is not None and isinstance(last.output, dict) else None
+    if not isinstance(charts, list):  # a custom pipeline's report may list none
+        return set()
+    return {chart[kind] for chart in charts if isinstance(chart, dict)
+            for kind in ("png", "svg") if isinstance(chart.get(kind), str)}
 
 
 def stored_file(session_id, name):
