@@ -28,6 +28,10 @@ LIBRARY_DIR = None
 ALLOW_PRIVATE_URLS = False
 FETCH_TIMEOUT = 10.0
 FETCH_MAX_BYTES = 2_000_000
+# All of a session's URLs (pages and data) share one budget of seconds, each URL's timeout within it,
+# fetched a few at a time, so URLs that never answer cannot hold a runner thread for long.
+FETCH_BUDGET = 20.0
+FETCH_CONCURRENCY = 4
 
 # An OpenAI-compatible model for the writer (OpenAI, Ollama, vLLM...); unset: the offline writer.
 LLM_BASE_URL = None

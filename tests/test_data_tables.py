@@ -81,7 +81,8 @@ def test_tables_at_the_root_and_in_subfolders_are_used_and_hidden_ones_are_not(h
     assert not any(".git" in s["url"] for s in research_output["skipped"])
     for d in research_output["datasets"]:
         assert set(d) == {"title", "source", "published_retrieved", "retrieved_at", "unit", "location",
-                          "content_hash", "columns", "rows"}
+                          "content_hash", "columns", "rows", "cut"}
+        assert d["cut"] is None  # small tables are kept whole
 
 
 def test_a_long_table_becomes_one_series_per_category(heat_library):

@@ -6,6 +6,11 @@ line chart of the series over the first column. Every table and chart carries a 
 says what it shows and where the numbers come from. Charts are files (StepOutput.artifacts);
 the output names them. Findings are the same numbers as sentences (growth, peak, share,
 overall), the dataset's headline first, stating only what its table says; the writer cites them.
+
+Each table lists at most MAX_TABLE_SERIES series and each chart draws at most MAX_CHART_SERIES lines,
+the largest by latest value, so both stay readable however wide a dataset is; a caption says when
+series were left out, and repeats api_research's note when the source table itself was cut. Shares
+are not computed for a cut table: the series it left out would be missing from the total.
 """
 import io
 import re
@@ -13,12 +18,16 @@ import re
 # Figure, not pyplot: pyplot keeps global state, and sessions run in several threads at once.
 # A bare Figure renders with the Agg backend, which needs no display.
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from app.pipeline import StepOutput
 
 CHART_SIZE_INCHES = (8, 4.5)
 CHART_DPI = 100  # 800 x 450 pixels
 MAX_FINDINGS = 4  # per dataset: the headline and what a reader needs next, not every number again
+MAX_TABLE_SERIES = 12  # rows of a table, one per series
+MAX_CHART_SERIES = 8   # lines of a chart: more and colours repeat and the legend hides the plot
+MAX_YEAR_TICKS = 12    # an x axis of more years than this gets matplotlib's own ticks, not one per year
 _CURRENCY_SIGNS = ("$", "€", "£", "¥")
 _NOT_ADDITIVE = re.compile(r"\b(prices?|costs?|rates?|shares?|averages?|percent(age)?s?|ratios?|index|indices)\b",
                            re.I)
@@ -57,12 +66,13 @@ def analyse(dataset, dataset_number, tables_before):
     series = columns[1:]
     first, last = rows[0], rows[-1]
     periods = _periods(first[0], last[0], len(rows))
+    shown = _largest(dataset, MAX_TABLE_SERIES)
     growth_rows = []
-    for i, name in enumerate(series, start=1):
+    for i in shown:
         start, end = first[i], last[i]
         change = end - start
         cagr = _cagr(start, end, periods)
-        growth_rows.append([_label(name), _round(start), _round(end), _round(change),
+        growth_rows.append([_label(columns[i]), _round(start), _round(end), _round(change),
                             f"{cagr:+.1f}%" if cagr is not None else "n/a"])
     tables = [{
         "id": f"table-{tables_before + 1}",
@@ -73,11 +83,11 @@ def analyse(dataset, dataset_number, tables_before):
         "rows": growth_rows,
         "caption": (f"{dataset['title']}, first and latest value of each series, the change between them and the "
                     f"compound annual growth rate over {periods} {'year' if periods == 1 else 'years'}. "
-                    f"{_source_note(dataset)}"),
+                    f"{_source_note(dataset)}{_left_out(dataset, len(shown))}"),
     }]
     total = sum(last[1:])
-    if len(series) > 1 and total > 0 and all(v >= 0 for v in last[1:]):
-        ranked = sorted(zip(series, last[1:]), key=lambda p: -p[1])
+    if len(series) > 1 and total > 0 and all(v >= 0 for v in last[1:]) and not _series_cut(dataset):
+        ranked = sorted(zip(series, last[1:]), key=lambda p: -p[1])[:MAX_TABLE_SERIES]
         tables.append({
             "id": f"table-{tables_before + 2}",
             "dataset": dataset_number,
@@ -86,9 +96,35 @@ def analyse(dataset, dataset_number, tables_before):
             "rows": [[rank, _label(name), _round(value), f"{value / total * 100:.1f}%"]
                      for rank, (name, value) in enumerate(ranked, start=1)],
             "caption": (f"{dataset['title']} in {last[0]}, each series ranked by its share of the total "
-                        f"({_round(total)}{_unit(dataset)}). {_source_note(dataset)}"),
+                        f"({_round(total)}{_unit(dataset)}). {_source_note(dataset)}"
+                        f"{_left_out(dataset, len(ranked))}"),
         })
     return tables
+
+
+def _largest(dataset, limit) -> list[int]:
+    """Column positions of the series to show: all of them, or the `limit` largest by latest value, in table order."""
+    columns, last = dataset["columns"], dataset["rows"][-1]
+    positions = list(range(1, len(columns)))
+    if len(positions) <= limit:
+        return positions
+    return sorted(sorted(positions, key=lambda i: -abs(last[i]))[:limit])
+
+
+def _series_cut(dataset) -> bool:
+    """Whether the source table had series the dataset left out (api_research's `cut`)."""
+    cut = dataset.get("cut") or {}
+    return cut.get("series_total", 0) > len(dataset["columns"]) - 1
+
+
+def _left_out(dataset, shown: int) -> str:
+    """What a caption adds when series are not shown: those left out here, and the source table's own cut."""
+    notes, count = [], len(dataset["columns"]) - 1
+    if shown < count:
+        notes.append(f"The {shown} largest of its {count} series in {dataset['rows'][-1][0]} are shown.")
+    if (dataset.get("cut") or {}).get("note"):
+        notes.append(dataset["cut"]["note"])
+    return "".join(f" {note}" for note in notes)
 
 
 def findings_of(dataset, dataset_number) -> list[dict]:
@@ -109,7 +145,7 @@ def findings_of(dataset, dataset_number) -> list[dict]:
 
     total = sum(last[1:])
     shares = (len(series) > 1 and total > 0 and all(v >= 0 for v in last[1:]) and _additive(dataset)
-              and not any(_TOTAL_LIKE.search(_label(name)) for name in series))
+              and not any(_TOTAL_LIKE.search(_label(name)) for name in series) and not _series_cut(dataset))
     found = []
     if len(rows) > 1:
         found.append(("growth", _growth_sentence(dataset, about(order[0]), order[0])))
@@ -169,6 +205,7 @@ def _peak_sentence(dataset, subject, i):
 
 def chart_of(dataset, dataset_number, number):
     columns, rows = dataset["columns"], dataset["rows"]
+    shown = _largest(dataset, MAX_CHART_SERIES)
     return {
         "id": f"figure-{number}",
         "dataset": dataset_number,
@@ -176,7 +213,8 @@ def chart_of(dataset, dataset_number, number):
         "png": f"figure-{number}.png",
         "svg": f"figure-{number}.svg",
         "caption": (f"{dataset['title']}{_unit(dataset)}, {rows[0][0]} to {rows[-1][0]}, by "
-                    f"{', '.join(map(_label, columns[1:]))}. {_source_note(dataset)}"),
+                    f"{', '.join(_label(columns[i]) for i in shown)}. {_source_note(dataset)}"
+                    f"{_left_out(dataset, len(shown))}"),
     }
 
 
@@ -185,15 +223,19 @@ def render_chart(dataset) -> tuple[bytes, bytes]:
     xs = [row[0] for row in rows]
     figure = Figure(figsize=CHART_SIZE_INCHES, dpi=CHART_DPI)
     axes = figure.subplots()
-    for i, name in enumerate(columns[1:], start=1):
-        axes.plot(xs, [row[i] for row in rows], marker="o", linewidth=2, label=_label(name))
+    shown = _largest(dataset, MAX_CHART_SERIES)
+    for i in shown:
+        axes.plot(xs, [row[i] for row in rows], marker="o", linewidth=2, label=_label(columns[i]))
     axes.set_title(dataset["title"])
     axes.set_xlabel(columns[0])
     axes.set_ylabel(dataset["unit"] or "value")
     if all(isinstance(x, int) for x in xs):
-        axes.set_xticks(xs)
+        if len(xs) <= MAX_YEAR_TICKS:
+            axes.set_xticks(xs)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # years, never 2015.5
     axes.grid(True, alpha=0.3)
-    if len(columns) > 2:
+    if len(shown) > 1:
         axes.legend()
     figure.tight_layout()
     png, svg = io.BytesIO(), io.BytesIO()

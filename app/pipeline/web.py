@@ -15,6 +15,9 @@ the one way the pipeline reads such a URL, and it
   and the body by `max_bytes`, counted after any decompression and read in chunks, so neither a
   slow server nor a huge or compressed one can hold a worker or fill its memory.
 
+`fetch_each` fetches a session's URLs a few at a time within one time budget, so URLs that never
+answer cost the session that budget, not their timeouts one after another.
+
 `extract_document` turns what was fetched into a title and plain text. Refusals are
 `FetchRefused`, whose `reason` is a sentence the person who typed the URL can act on. Nothing
 here knows about Flask; proxies in the environment are deliberately ignored (a proxy would
@@ -28,9 +31,11 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 from urllib.parse import quote, urljoin, urlsplit
 
 import certifi
@@ -46,6 +51,11 @@ USER_AGENT = "report-service/0.1 (fetches sources named in report requests)"
 ACCEPT = "text/html,application/xhtml+xml,text/plain,text/markdown,application/pdf;q=0.9,*/*;q=0.5"
 REDIRECTS = {301, 302, 303, 307, 308}
 CHUNK = 64 * 1024
+# fetch_each does not start a URL with less of its budget left than this: it could not finish.
+MIN_FETCH_SECONDS = 0.5
+# ... and stops waiting for one this long after the budget ends (each fetch's own deadline should end it first).
+RESULT_GRACE_SECONDS = 5.0
+OUT_OF_TIME = "the time this report may spend fetching URLs ran out"
 # What urllib3 decodes with a bound on each read's output (so a small gzip bomb cannot expand
 # past max_bytes in memory); anything else would hand us bytes we cannot read.
 CONTENT_ENCODINGS = {"identity", "gzip", "x-gzip", "deflate"}
@@ -60,6 +70,10 @@ class FetchRefused(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class FetchTimedOut(FetchRefused):
+    """The fetch's deadline passed before the response was complete."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +217,7 @@ def fetch(url: str, *, timeout: float = 10.0, max_bytes: int = 2_000_000, allow_
     """
     deadline = time.monotonic() + timeout
     watchdog = _Watchdog(timeout)
-    timed_out = FetchRefused(f"timed out after {timeout:g} s")
+    timed_out = FetchTimedOut(f"timed out after {timeout:g} s")
     current = url
     try:
         for _ in range(max_redirects + 1):
@@ -222,6 +236,46 @@ def fetch(url: str, *, timeout: float = 10.0, max_bytes: int = 2_000_000, allow_
         raise FetchRefused(f"too many redirects (more than {max_redirects})")
     finally:
         watchdog.cancel()
+
+
+def fetch_each(urls: list[str], *, seconds: float, concurrency: int = 4, timeout: float = 10.0,
+               **limits) -> Iterator[tuple[str, Union[Fetched, FetchRefused]]]:
+    """Fetch URLs, at most `concurrency` at a time and all within `seconds`; yield (url, Fetched or FetchRefused)
+    in the order given, each as soon as it and those before it are done.
+
+    Each URL gets `timeout` or what is left of `seconds`, whichever is less; one whose turn comes with less
+    than MIN_FETCH_SECONDS left is not started. `limits` go to `fetch`. Closing the generator early (the
+    caller has enough) starts no further URL; those already running end by their own deadline, unread.
+    """
+    deadline = time.monotonic() + seconds
+
+    def fetch_one(url: str) -> Union[Fetched, FetchRefused]:
+        left = deadline - time.monotonic()
+        if left < MIN_FETCH_SECONDS:
+            return FetchRefused(f"not fetched: {OUT_OF_TIME}")
+        allowed = min(timeout, left)
+        try:
+            return fetch(url, timeout=allowed, **limits)
+        except FetchTimedOut as exc:
+            # Say why a URL got less than the usual timeout (not a few milliseconds less): the person who
+            # named it may otherwise blame it.
+            return FetchRefused(f"cut off after {allowed:.1f} s: {OUT_OF_TIME}") if allowed < timeout - 0.1 else exc
+        except FetchRefused as exc:
+            return exc
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(urls))), thread_name_prefix="fetch")
+    try:
+        # Submitted in order: the pool starts them in that order, so the first URLs named are tried first.
+        futures = [pool.submit(fetch_one, url) for url in urls]
+        for url, future in zip(urls, futures):
+            try:
+                result = future.result(max(deadline - time.monotonic(), 0.0) + RESULT_GRACE_SECONDS)
+            except FutureTimeout:
+                result = FetchRefused(f"no answer in time: {OUT_OF_TIME}")
+            yield url, result
+    finally:
+        # Nobody waits for a page nobody will read: pending URLs are cancelled, running ones end at their deadline.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,6 @@ def start_runner(app: Flask) -> Runner:
 
 def agent_settings(app: Flask) -> dict:
     """The deployment settings agents may read (they never see Flask's config itself)."""
-    keys = ("LIBRARY_DIR", "ALLOW_PRIVATE_URLS", "FETCH_TIMEOUT", "FETCH_MAX_BYTES", "LLM_BASE_URL", "LLM_API_KEY",
-            "LLM_MODEL", "LLM_TIMEOUT", "LLM_MAX_RETRIES")
+    keys = ("LIBRARY_DIR", "ALLOW_PRIVATE_URLS", "FETCH_TIMEOUT", "FETCH_MAX_BYTES", "FETCH_BUDGET",
+            "FETCH_CONCURRENCY", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_TIMEOUT", "LLM_MAX_RETRIES")
     return {key: app.config[key] for key in keys}
