@@ -55,8 +55,10 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Set it to the public name when the service is reached by one (behind a proxy, in a container).
 TRUSTED_HOSTS = ["localhost", "127.0.0.1"]
 
-# Requests: submitted bodies larger than this are refused with 413.
-MAX_CONTENT_LENGTH = 64 * 1024
+# Requests: submitted bodies larger than this are refused with 413. Above the largest body the
+# schema admits (every character of every field written as a JSON escape, about 105 KB), so a
+# valid request is never refused for its size.
+MAX_CONTENT_LENGTH = 256 * 1024
 
 # Listing: the page size of GET /api/sessions when ?limit= is not given (at most 500).
 SESSIONS_PAGE_SIZE = 50

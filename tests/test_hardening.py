@@ -81,6 +81,21 @@ def test_a_malformed_body_gets_a_json_4xx_and_stores_nothing(client, name):
     assert session_count(client) == 0
 
 
+def test_the_largest_valid_submission_fits_the_body_limit(app, client):
+    """Every field at its longest, every character a JSON escape: still under MAX_CONTENT_LENGTH."""
+    from app.schemas import LIMITS
+
+    url = "https://example.com/" + "a" * (LIMITS["url_length"] - len("https://example.com/"))
+    body = {"user_request": "\U0001F600" * LIMITS["user_request"],
+            "requirements": {"topic": "\U0001F600" * LIMITS["topic"], "page_count": 200, "source_count": 50,
+                             "complexity": "moderate", "urls": [url] * LIMITS["urls"],
+                             "data_urls": [url] * LIMITS["urls"]}}
+    data = json.dumps(body)  # ensure_ascii: each emoji is a 12-byte surrogate-pair escape
+
+    assert len(data) < app.config["MAX_CONTENT_LENGTH"]
+    assert client.post("/api/submit-requirements", data=data, content_type="application/json").status_code == 202
+
+
 def test_a_whole_number_written_as_a_float_is_accepted_and_nothing_else_is(client):
     def with_page_count(value):
         body = json.loads(json.dumps(SUBMISSION))
