@@ -12,10 +12,13 @@ from app.sessions.listing import CURSOR_PATTERN
 COMPLEXITIES = ("simple", "moderate", "complex")
 # A NUL cannot be stored as text by every database; saying so in the schema tells clients too.
 NO_NUL = validate.Regexp(r"^[^\x00]*$", error="Text cannot hold a NUL character.")
-# http(s) with a host and no user:password@, in the characters RFC 3986 allows (anything else is
-# percent-encoded, as browsers copy it); the fetch step vets the address itself (web.py).
-_URL_CHARS = r"-A-Za-z0-9._~%!$&'()*+,;=:\[\]"
-HTTP_URL = validate.Regexp(rf"^[Hh][Tt][Tt][Pp][Ss]?://[{_URL_CHARS}]+([/?#][{_URL_CHARS}@/?#]*)?$",
+# http(s) with a host name or IPv4 address, an optional port and no user:password@, in the
+# characters RFC 3986 allows (anything else is percent-encoded, as browsers copy it), so every URL
+# admitted here is one urllib can split; the fetch step vets the address itself (web.py).
+_HOST_CHARS = r"-A-Za-z0-9._~%!$&'()*+,;="
+_PORT = r"(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+_PATH_CHARS = _HOST_CHARS + r":@/?#\[\]"
+HTTP_URL = validate.Regexp(rf"^[Hh][Tt][Tt][Pp][Ss]?://[{_HOST_CHARS}]+{_PORT}([/?#][{_PATH_CHARS}]*)?$",
                            error="Not an http(s) URL (percent-encode spaces and other characters).")
 LIMITS = {"topic": 200, "user_request": 5000, "page_count": (1, 200), "source_count": (1, 50), "urls": 10,
           "url_length": 2000, "page_size": (1, 500)}

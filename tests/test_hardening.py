@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import SUBMISSION
@@ -94,6 +95,25 @@ def test_the_largest_valid_submission_fits_the_body_limit(app, client):
 
     assert len(data) < app.config["MAX_CONTENT_LENGTH"]
     assert client.post("/api/submit-requirements", data=data, content_type="application/json").status_code == 202
+
+
+@pytest.mark.parametrize("url, accepted", [
+    ("https://example.com/a?b=1#c", True), ("HTTP://EXAMPLE.COM:8080/x[1]", True),
+    ("https://de.wikipedia.org/wiki/Stra%C3%9Fe", True),
+    ("http://[+D4iMiN_mIXW]/", False),  # a bracketed host urllib cannot split (schemathesis crashed on it)
+    ("http://example.com:99999/", False), ("http://user:pass@example.com/", False), ("https://x/Straße", False),
+    ("http://a b/", False), ("ftp://example.com/", False), ("javascript:alert(1)", False),
+])
+def test_a_url_is_accepted_only_if_urllib_reads_it_as_http(client, url, accepted):
+    body = json.loads(json.dumps(SUBMISSION))
+    body["requirements"]["urls"] = [url]
+
+    response = client.post("/api/submit-requirements", json=body)
+
+    assert response.status_code == (202 if accepted else 422)
+    if accepted:
+        parts = urlsplit(url)
+        assert parts.scheme.lower() in ("http", "https") and parts.hostname and parts.port in (None, 8080)
 
 
 def test_a_whole_number_written_as_a_float_is_accepted_and_nothing_else_is(client):
