@@ -84,7 +84,8 @@ class StatusSchema(ma.Schema):
     session_id = fields.String()
     status = fields.String(metadata={"enum": list(STATUSES)})
     user_request = fields.String()
-    report_requirements = fields.Nested(RequirementsSchema)
+    # As stored: sessions submitted under older rules, or imported from the JSON store, keep theirs.
+    report_requirements = fields.Dict(metadata={"description": "the requirements as submitted (see Requirements)"})
     current_agent = fields.String(allow_none=True)
     message = fields.String(allow_none=True, metadata={"description": "the running step's latest progress message"})
     completed_tasks = fields.List(fields.String(), metadata={"description": "finished steps, in pipeline order"})
