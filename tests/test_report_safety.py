@@ -2,16 +2,16 @@
 anywhere but http(s), mailto and its own anchors; /charts/ serves the analyst's images and nothing else."""
 import io
 import re
-import threading
 import zlib
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import quote
 
 import pytest
 from conftest import finished, wait_for
 from markdown_it import MarkdownIt  # a CommonMark renderer, as a Markdown viewer would read report.md
 from pypdf import PdfReader
+from servers import serving
 
 from app.pipeline import Context
 from app.pipeline.publisher import Publisher, render_pdf, safe_link, sanitised_html
@@ -248,12 +248,9 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Recorder.hits = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Recorder) as base:
+        yield base
 
 
 def test_the_pdf_renderer_fetches_nothing_but_data_uris(recorder):
@@ -315,12 +312,9 @@ class HostileSite(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def site():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileSite)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     HostileSite.hits = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(HostileSite) as base:
+        yield base
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 import io
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from conftest import finished, wait_for
 from pypdf import PdfReader
+from servers import serving
 
 from app.runner import start_runner
 
@@ -136,13 +136,9 @@ class LocalSite(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def site():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), LocalSite)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     LocalSite.prompts = []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(LocalSite) as base:
+        yield base
 
 
 def test_named_urls_and_data_urls_become_sources_and_a_broken_one_is_skipped(app, client, site):
