@@ -20,14 +20,16 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    """In the master, before any worker: refuse to start on a bad pipeline or an unmigrated database."""
+    """In the master, before any worker: refuse to start on a bad pipeline, an unmigrated database, or
+    open to the network (no users yet) unless REPORTS_ALLOW_OPEN_ACCESS says so."""
     from app import ConfigError, create_app
     from app.extensions import db
-    from app.startup import check_ready
+    from app.startup import check_not_open, check_ready
 
     try:
         app = create_app()
         check_ready(app)  # logs the database and SQLite library in use
+        check_not_open(app, list(server.cfg.bind))
         with app.app_context():
             db.engine.dispose()  # no connection may cross the fork
     except ConfigError as exc:

@@ -11,12 +11,14 @@ except ConfigError as exc:
 
 if __name__ == "__main__":
     from app.runner import start_runner
+    from app.startup import check_not_open
 
     parser = argparse.ArgumentParser(description="Flask's development server, with the background runner")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     options = parser.parse_args()
     try:
+        check_not_open(app, [f"{options.host}:{options.port}"])
         runner = start_runner(app)
     except ConfigError as exc:
         raise SystemExit(f"report-service: {exc}")

@@ -7,7 +7,7 @@ from flask import Flask
 
 from app.pipeline import PipelineError, load_pipeline
 from app.security import trusted_hosts
-from app.startup import ConfigError
+from app.startup import ConfigError, instance_secret_key
 
 __all__ = ["create_app", "ConfigError"]
 
@@ -20,6 +20,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     configure_logging(app)
     register_extensions(app)
     register_pipeline(app)
+    register_accounts(app)
     register_blueprints(app)
     register_request_checks(app)
     register_error_handlers(app)
@@ -42,6 +43,8 @@ def load_config(app: Flask, test_config: dict | None) -> None:
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         os.makedirs(app.instance_path, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "app.db")
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = instance_secret_key(app.instance_path)
 
 
 def configure_logging(app: Flask) -> None:
@@ -61,7 +64,7 @@ def configure_logging(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from app.database import configure_engine, engine_options, render_migration_item
-    from app.extensions import api, db, migrate
+    from app.extensions import api, csrf, db, login_manager, migrate
 
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     # The runner's loop thread and each of its threads keep a connection (Store.pinned_connection).
@@ -72,6 +75,8 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True,
                      compare_type=True, render_item=render_migration_item)
     api.init_app(app)
+    login_manager.init_app(app)
+    csrf.init_app(app)
     with app.app_context():
         configure_engine(db.engine, app.config["SQLITE_BUSY_TIMEOUT_MS"])
 
@@ -89,7 +94,24 @@ def register_pipeline(app: Flask) -> None:
         engine = db.engine
     app.extensions["report_store"] = Store(engine, [a.name for a in agents],
                                            lease_seconds=app.config["LEASE_SECONDS"],
-                                           max_attempts=app.config["MAX_ATTEMPTS"])
+                                           max_attempts=app.config["MAX_ATTEMPTS"],
+                                           max_active_per_user=app.config["MAX_ACTIVE_PER_USER"],
+                                           max_queued=app.config["MAX_QUEUED"])
+
+
+def register_accounts(app: Flask) -> None:
+    """Users, the pages' sign-in cookie (Flask-Login), and who is signed in for the templates."""
+    from flask import g
+
+    from app.accounts.auth import SignInCookies, load_page_user
+    from app.accounts.users import Users
+    from app.extensions import db, login_manager
+
+    with app.app_context():
+        app.extensions["report_users"] = Users(db.engine)
+    app.session_interface = SignInCookies()
+    login_manager.user_loader(load_page_user)
+    app.context_processor(lambda: {"caller": g.get("caller")})
 
 
 def register_blueprints(app: Flask) -> None:
@@ -110,9 +132,12 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_request_checks(app: Flask) -> None:
+    """Before every view, in order: refuse cross-site writes, then find out who is calling."""
+    from app.accounts.auth import identify_caller
     from app.security import refuse_cross_site
 
     app.before_request(refuse_cross_site)
+    app.before_request(identify_caller)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -122,9 +147,10 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from app.cli import sessions_cli
+    from app.cli import sessions_cli, users_cli
 
     app.cli.add_command(sessions_cli)
+    app.cli.add_command(users_cli)
 
 
 def register_middleware(app: Flask) -> None:
@@ -137,10 +163,12 @@ def register_middleware(app: Flask) -> None:
 
     # The status poll is answered before Flask dispatches: it is the one request every open page
     # repeats every second or two, and most of its cost would otherwise be the framework's.
-    app.wsgi_app = StatusFastPath(app.wsgi_app, app.extensions["report_status_reader"])
+    # Both answer only callers they can name without Flask (open service, bearer token); Flask does the rest.
+    users = app.extensions["report_users"]
+    app.wsgi_app = StatusFastPath(app.wsgi_app, app.extensions["report_status_reader"], users)
     # The sessions page and operators' scripts list often too; same idea, valid requests only.
     app.wsgi_app = ListingFastPath(app.wsgi_app, app.extensions["report_session_pages"],
-                                   app.extensions["report_store"], STATUSES,
+                                   app.extensions["report_store"], users, STATUSES,
                                    app.config["SESSIONS_PAGE_SIZE"], LIMITS["page_size"][1])
     # Host check and security headers for every answer, the fast paths' included.
     app.wsgi_app = ResponseGuard(app.wsgi_app, app.config["TRUSTED_HOSTS"])

@@ -1,5 +1,9 @@
-"""`flask sessions ...`: operator commands to list, show, clean up and import sessions."""
+"""`flask sessions ...` and `flask users ...`: operator commands for sessions and accounts.
+
+The CLI acts as the operator: it sees every session, whoever owns it.
+"""
 import json
+import sys
 import uuid
 from datetime import datetime, timezone
 
@@ -8,11 +12,14 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
+from app.accounts.users import MIN_PASSWORD, AccountError
 from app.extensions import db
 from app.models import ReportSession
 from app.runner import get_store
 
 sessions_cli = AppGroup("sessions", help="Inspect and maintain report sessions.")
+users_cli = AppGroup("users", help="Manage accounts. While none exists the service is open to anyone who reaches it; "
+                                   "the first one closes it.")
 
 # Statuses of the old JSON store, mapped to ours; anything else marks the file as not ours.
 OLD_STATUSES = {"queued": "queued", "pending": "queued", "generating": "generating", "running": "generating",
@@ -41,13 +48,14 @@ def cleanup(days, dry_run):
 def list_sessions(status, limit):
     """List sessions, newest first."""
     S = ReportSession
-    query = select(S.id, S.status, S.current_agent, S.created_at, S.topic).order_by(S.created_at.desc()).limit(limit)
+    query = (select(S.id, S.status, S.current_agent, S.created_at, S.owner, S.topic)
+             .order_by(S.created_at.desc()).limit(limit))
     if status:
         query = query.where(S.status == status)
     rows = db.session.execute(query).all()
     for row in rows:
         click.echo(f"{row.id}  {row.status:<10}  {row.created_at:%Y-%m-%d %H:%M}  "
-                   f"{row.current_agent or '-':<16}  {row.topic}")
+                   f"{row.current_agent or '-':<16}  {row.owner or '-':<12}  {row.topic}")
     click.echo(f"{len(rows)} session{'s' if len(rows) != 1 else ''} shown.")
 
 
@@ -134,3 +142,95 @@ def _old_time(value, key, field) -> datetime:
         raise ValueError(f"session {key!r} has an invalid {field} {value!r}") from None
     # The old service wrote naive local times; the seed's examples are UTC, so read them as UTC.
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+PASSWORD_STDIN = click.option("--password-stdin", is_flag=True,
+                              help="Read the password for the pages from the first line of standard input.")
+
+
+def _users():
+    return current_app.extensions["report_users"]
+
+
+def _read_password(from_stdin: bool, optional: bool) -> str | None:
+    """The password from stdin, or asked for on a terminal; never a prompt without one."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        if optional:
+            return None
+        raise click.ClickException("No terminal to ask for the password on: pass it with --password-stdin.")
+    hint = " (empty: API token only)" if optional else ""
+    password = click.prompt(f"Password for the pages, {MIN_PASSWORD}+ characters{hint}", hide_input=True,
+                            confirmation_prompt=True, default="" if optional else None, show_default=False)
+    return password or None
+
+
+@users_cli.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May see and manage every user's sessions.")
+@PASSWORD_STDIN
+def create_user(name, admin, password_stdin):
+    """Create a user and print their API token (shown this once; only its hash is kept)."""
+    password = _read_password(password_stdin, optional=True)
+    try:
+        token = _users().create(name, is_admin=admin, password=password)
+    except AccountError as exc:
+        raise click.ClickException(str(exc))
+    kind = "admin" if admin else "user"
+    sign_in = "may sign in to the pages" if password else "has no password for the pages (`flask users password`)"
+    click.echo(f"Created {kind} '{name}', who {sign_in}. The API token, shown only now:")
+    click.echo(f"token: {token}")
+
+
+@users_cli.command("list")
+def list_users():
+    """List the users: role, API token, password, and whether they are revoked."""
+    accounts = _users().all()
+    for a in accounts:
+        state = f"revoked {a.revoked_at:%Y-%m-%d %H:%M}" if a.revoked_at else "active"
+        click.echo(f"{a.name:<24}  {'admin' if a.is_admin else 'user':<5}  {state:<24}  "
+                   f"token {'yes' if a.has_token else 'no':<3}  password {'yes' if a.has_password else 'no':<3}  "
+                   f"created {a.created_at:%Y-%m-%d %H:%M}")
+    click.echo(f"{len(accounts)} user{'s' if len(accounts) != 1 else ''}.")
+
+
+@users_cli.command("revoke")
+@click.argument("name")
+def revoke_user(name):
+    """Revoke a user at once: their token stops working and their page sign-ins end, in every server.
+
+    Their sessions are kept (an admin still sees them); `flask users token NAME` lets them back in.
+    """
+    try:
+        _users().revoke(name)
+    except AccountError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"Revoked '{name}': their token and sign-ins no longer work.")
+
+
+@users_cli.command("token")
+@click.argument("name")
+def new_token(name):
+    """Issue a new API token (the old one stops working); this also lifts a revocation."""
+    try:
+        token = _users().issue_token(name)
+    except AccountError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"New API token for '{name}', shown only now (the old one no longer works):")
+    click.echo(f"token: {token}")
+
+
+@users_cli.command("password")
+@click.argument("name")
+@PASSWORD_STDIN
+def set_password(name, password_stdin):
+    """Set a user's password for the pages; their current page sign-ins end."""
+    password = _read_password(password_stdin, optional=False)
+    try:
+        _users().set_password(name, password or "")
+    except AccountError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"Password set for '{name}'.")

@@ -55,6 +55,25 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Set it to the public name when the service is reached by one (behind a proxy, in a container).
 TRUSTED_HOSTS = ["localhost", "127.0.0.1"]
 
+# Accounts. While no user exists the service is open, as on a laptop; `flask users create` closes it.
+# Serving it open on an address other than loopback needs this, said explicitly.
+ALLOW_OPEN_ACCESS = False
+# Quotas: a user's queued + running sessions, and the sessions waiting to start, of everyone together.
+MAX_ACTIVE_PER_USER = 10
+MAX_QUEUED = 1000
+
+# Signs the pages' sign-in cookie. None: a random key kept in instance/secret_key (made on first
+# start). Servers that share a database across machines need the same key: set REPORTS_SECRET_KEY.
+SECRET_KEY = None
+SESSION_COOKIE_NAME = "report_session"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"  # sent when following a link here, never with another site's requests
+SESSION_COOKIE_SECURE = False    # also Secure whenever the request came over HTTPS (app/accounts/auth.py)
+PERMANENT_SESSION_LIFETIME = 12 * 3600  # seconds a page sign-in lasts
+# CSRF tokens: checked where the cookie authenticates (app/accounts/auth.py), valid while the sign-in is.
+WTF_CSRF_CHECK_DEFAULT = False
+WTF_CSRF_TIME_LIMIT = None
+
 # Requests: submitted bodies larger than this are refused with 413. Above the largest body the
 # schema admits (every character of every field written as a JSON escape, about 105 KB), so a
 # valid request is never refused for its size.

@@ -9,8 +9,8 @@ import logging
 import warnings
 from contextlib import contextmanager
 
-from sqlalchemy import event, make_url, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Table, event, make_url, text
+from sqlalchemy.engine import Connection, Dialect, Engine
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,15 @@ def write_transaction(engine: Engine):
         conn = conn.execution_options(**WRITE)
         with conn.begin():
             yield conn
+
+
+def insert_or_ignore(table: Table, dialect: Dialect):
+    """INSERT that does nothing when the row's key exists (ON CONFLICT DO NOTHING: SQLite and PostgreSQL)."""
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def describe(engine: Engine) -> str:

@@ -1,8 +1,10 @@
 """Extension objects, created unbound; create_app() initialises them with init_app()."""
+from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_smorest import Api as _Api
 from flask_smorest import Blueprint as _Blueprint
 from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -39,3 +41,6 @@ class Blueprint(_Blueprint):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 api = Api()
+# The pages' sign-in cookie (Flask-Login over Flask's signed session) and its CSRF tokens.
+login_manager = LoginManager()
+csrf = CSRFProtect()

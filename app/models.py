@@ -1,4 +1,4 @@
-"""The tables: a report session is a row, and each finished pipeline step is a row.
+"""The tables: a report session is a row, each finished pipeline step is a row, and so is each user.
 
 Every write that changes execution state (claims, step commits, cancel, retry...) lives in
 app/runner/store.py, so its invariants can be read in one place.
@@ -15,6 +15,10 @@ from app.extensions import db
 STATUSES = ("queued", "generating", "completed", "failed", "cancelled")
 ACTIVE = ("queued", "generating")
 FINISHED = ("completed", "failed", "cancelled")
+# The owner of a session made while the service was open (no users yet), or before accounts existed.
+NO_OWNER = ""
+# A user name: what `flask users create` accepts, the API's ?owner= filter admits, and sessions record.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 
 
 def utcnow() -> datetime:
@@ -51,6 +55,9 @@ class ReportSession(db.Model):
     user_request: Mapped[str] = mapped_column(Text)
     requirements: Mapped[dict[str, Any]] = mapped_column(JSON)
     topic: Mapped[str] = mapped_column(String(200))  # requirements["topic"], for listing without JSON
+    # The user who submitted it (users.name, never renamed), or NO_OWNER. Not a foreign key: "no one"
+    # takes its turns and has its counts like a user, so it needs a value every index can compare.
+    owner: Mapped[str] = mapped_column(String(64), default=NO_OWNER, server_default=NO_OWNER)
     current_agent: Mapped[Optional[str]] = mapped_column(String(64))
     progress_message: Mapped[Optional[str]] = mapped_column(Text)  # the running step's latest news
     # Small public summaries steps add to the status document (the reviewer's findings, ...).
@@ -80,6 +87,10 @@ class ReportSession(db.Model):
         Index("ix_sessions_newest", "created_at", "id"),
         # Same with ?status=, and the runner's queue (status IN queued/generating).
         Index("ix_sessions_status_newest", "status", "created_at", "id"),
+        # A user's own listing, newest first.
+        Index("ix_sessions_owner_newest", "owner", "created_at", "id"),
+        # A user's listing by status, and the runner's queue of one owner (fair turns).
+        Index("ix_sessions_status_owner_newest", "status", "owner", "created_at", "id"),
         # flask sessions cleanup: finished sessions by age.
         Index("ix_sessions_status_updated", "status", "updated_at"),
         # Heartbeats, lease hand-back and dead-owner recovery: rows held by one process.
@@ -88,16 +99,56 @@ class ReportSession(db.Model):
 
 
 class SessionCount(db.Model):
-    """How many sessions have each status, kept in the transaction of every change.
+    """How many sessions each owner has in each status, kept in the transaction of every change.
 
-    GET /api/sessions reports a total with every page, and the 404 detail names one too;
-    counting a million rows for each would cost more than the page itself.
+    GET /api/sessions reports a total with every page, the 404 detail names one too, and the
+    quotas count a user's active sessions at every submit; counting rows for each would cost more
+    than the request itself.
     """
 
     __tablename__ = "session_counts"
 
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True, default=NO_OWNER)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     sessions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class QueueTurn(db.Model):
+    """Each owner's place in the runner's turns: the claim serves the owner whose last turn is oldest.
+
+    Round robin: an owner who has never had a turn goes first (in the order they joined the queue),
+    then whoever has waited longest since a session of theirs last started. So one user's long
+    queue takes turns with everyone else's sessions instead of going first.
+    """
+
+    __tablename__ = "queue_turns"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_turn_at: Mapped[float]  # unix seconds when a session of theirs last started; 0: never
+    joined_at: Mapped[float]     # unix seconds when they first queued a session
+
+    __table_args__ = (Index("ix_queue_turns_order", "last_turn_at", "joined_at", "owner"),)
+
+
+class User(db.Model):
+    """Someone who may use the service: an API token, a password for the pages, or both.
+
+    Only hashes are stored. Users are revoked, never deleted: their sessions keep their owner, and
+    the service, closed since the first user was created, never opens again.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    # SHA-256 of the API token (tokens are random 256-bit strings, so a fast hash is enough); None: no token.
+    token_hash: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[Optional[str]] = mapped_column(String(256))  # werkzeug's scrypt; None: no sign-in
+    # Bumped by sign-out, revocation and a new password: every page sign-in made before it ends.
+    sign_in_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
 
 class Step(db.Model):

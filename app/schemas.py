@@ -6,7 +6,7 @@ published contract cannot drift from the code. Unknown fields are rejected (mars
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from app.models import STATUSES, iso
+from app.models import NAME_PATTERN, STATUSES, iso
 from app.sessions.listing import CURSOR_PATTERN
 
 COMPLEXITIES = ("simple", "moderate", "complex")
@@ -109,6 +109,9 @@ class SessionListArgsSchema(ma.Schema):
                            metadata={"description": "page size (default 50)"})
     cursor = fields.String(validate=validate.Regexp(f"{CURSOR_PATTERN}|^$", error="Invalid cursor."),
                            metadata={"description": "next_cursor of the previous page (empty: the first page)"})
+    owner = fields.String(validate=validate.Regexp(f"{NAME_PATTERN}|^$", error="Not a user name."),
+                          metadata={"description": "admins: only this user's sessions (empty: those no one owns); "
+                                                   "anyone else sees only their own"})
 
 
 class UTCTime(fields.DateTime):
@@ -120,6 +123,8 @@ class SessionSummarySchema(ma.Schema):
     session_id = fields.String(attribute="id")
     status = fields.String()
     topic = fields.String()
+    owner = fields.String(allow_none=True, metadata={"description": "who submitted it; null: no one (made "
+                                                                    "before accounts, or while the service was open)"})
     current_agent = fields.String(allow_none=True)
     started_at = UTCTime(attribute="created_at")
     updated_at = UTCTime()

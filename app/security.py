@@ -9,7 +9,7 @@ state-changing requests must be JSON (or bodiless) and must not come from anothe
 import json
 from functools import lru_cache
 
-from flask import request
+from flask import current_app, request
 from werkzeug.exceptions import Forbidden, UnsupportedMediaType
 from werkzeug.sansio.utils import host_is_trusted
 
@@ -85,8 +85,19 @@ def refuse_cross_site():
         raise Forbidden("Cross-site requests cannot change anything here: "
                         "send the request from this service's own pages or from a non-browser client.")
     has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if has_body and not request.is_json:
+    if has_body and not request.is_json and not _takes_forms():
         raise UnsupportedMediaType("Send the request body as JSON (Content-Type: application/json).")
+
+
+def accepts_form(view):
+    """Mark a page view that takes an HTML form post (sign-in, sign-out): it carries its own CSRF token."""
+    view.accepts_form = True
+    return view
+
+
+def _takes_forms() -> bool:
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    return getattr(view, "accepts_form", False) and request.mimetype == "application/x-www-form-urlencoded"
 
 
 def origin_host(origin: str) -> str:

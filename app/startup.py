@@ -1,5 +1,8 @@
-"""Start-up checks that stop a server with one clear line instead of a traceback."""
+"""Start-up: checks that stop a server with one clear line instead of a traceback, and the secret key."""
+import ipaddress
 import logging
+import os
+import secrets
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -32,3 +35,50 @@ def check_ready(app: Flask) -> str:
         raise ConfigError(f"the database {url} {state}: run `flask --app wsgi db upgrade` (make run does this)")
     log.info(summary)
     return summary
+
+
+def instance_secret_key(instance_path: str) -> str:
+    """The key kept in instance/secret_key, made (readable by its owner only) by the first process to start.
+
+    Made with a hard link from a finished temporary file, so processes starting together (gunicorn's
+    master, the CLI) all read the same complete key.
+    """
+    path = os.path.join(instance_path, "secret_key")
+    if not os.path.exists(path):
+        os.makedirs(instance_path, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            os.unlink(temporary)
+    with open(path) as f:
+        return f.read().strip()
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a bind address ("host:port", "[::1]:8000", "unix:/path", "localhost") is reachable only locally."""
+    if address.startswith(("unix:", "fd://")):
+        return True
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_not_open(app: Flask, addresses: list[str]) -> None:
+    """Refuse to serve the open service (no users yet) beyond loopback unless REPORTS_ALLOW_OPEN_ACCESS says so."""
+    exposed = [a for a in addresses if not is_loopback(a)]
+    if not exposed or app.config["ALLOW_OPEN_ACCESS"] or app.extensions["report_users"].exist():
+        return
+    raise ConfigError(f"no users exist, so anyone who reaches {', '.join(exposed)} could read and delete every "
+                      "report: create one with `flask --app wsgi users create NAME --admin`, or set "
+                      "REPORTS_ALLOW_OPEN_ACCESS=true to serve it open")

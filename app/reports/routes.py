@@ -3,9 +3,11 @@ from flask import Response, current_app, jsonify, request, url_for
 from flask_smorest import abort
 from werkzeug.utils import secure_filename
 
+from app.accounts.auth import current_caller
 from app.extensions import Blueprint, db
 from app.models import ReportSession, Step
 from app.runner import get_store
+from app.runner.store import QuotaExceeded
 from app.schemas import ReportSchema, SubmitRequestSchema, SubmitResponseSchema
 
 blp = Blueprint("reports", __name__, url_prefix="/api", description="Submit report requests, read reports")
@@ -25,9 +27,14 @@ def require_json_body():
 @blp.arguments(SubmitRequestSchema)
 @blp.response(202, SubmitResponseSchema, description="Accepted: the session is queued",
               headers={"Location": {"description": "the status URL", "schema": {"type": "string"}}})
+@blp.alt_response(429, description="A quota is full (the detail says which); try again after Retry-After seconds")
 def submit_requirements(payload):
     """Queue a report request; poll status_url until the report is ready."""
-    session_id = get_store(current_app).create(payload["user_request"], payload["requirements"])
+    try:
+        session_id = get_store(current_app).create(payload["user_request"], payload["requirements"],
+                                                   owner=current_caller().owner)
+    except QuotaExceeded as exc:
+        refuse_over_quota(exc)
     runner = current_app.extensions.get("report_runner")
     if runner is not None:
         runner.wake()
@@ -96,9 +103,13 @@ def get_chart(session_id, name):
     return response
 
 
+def refuse_over_quota(exc: QuotaExceeded):
+    abort(429, message=str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+
 def completed_session(session_id) -> ReportSession:
     session = db.session.get(ReportSession, session_id)
-    if session is None:
+    if session is None or not current_caller().sees(session.owner):
         abort(404, message=not_found_detail(session_id))
     if session.status != "completed":
         abort(409, message=f"Session '{session_id}' is {session.status}; the report is ready when it is completed.")
@@ -129,5 +140,6 @@ def stored_file(session_id, name):
 
 
 def not_found_detail(session_id: str) -> str:
-    total = sum(get_store(current_app).counts().values())
+    """The seed's 404 detail; it counts only the sessions the caller can see."""
+    total = sum(get_store(current_app).counts(current_caller().scope).values())
     return f"Session '{session_id}' not found. Available sessions: {total}"

@@ -9,7 +9,15 @@ The invariants, in one place:
 - Every visible state change re-renders the session's status document and bumps `version`,
   in the same transaction; the status endpoint only ever reads those two columns.
 - `attempts` counts resumes after a lost lease (a crash); past `max_attempts` the session fails.
-- `session_counts` moves with every status change, insert and delete, in the same transaction.
+- `session_counts` moves with every status change, insert and delete, in the same transaction,
+  its rows always locked in one order (sorted by owner, then status).
+- A submit or retry that would pass a quota writes nothing (QuotaExceeded): the counts it reads
+  are those of its own write transaction.
+- The claim serves owners in turns (round robin): recovered sessions first, then the oldest queued
+  session of the owner in `queue_turns` whose last turn is oldest (never: first, by arrival);
+  claiming it makes that owner's last turn now.
+- `scope`, where an operation takes one, is the only owner whose sessions it may touch (None: any);
+  another owner's session is treated exactly as a missing one.
 """
 import enum
 import json
@@ -22,17 +30,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Optional
 
-from sqlalchemy import bindparam, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from app.database import WRITE, write_transaction
-from app.models import ACTIVE, FINISHED, STATUSES, Artifact, ReportSession, SessionCount, Step, iso, utcnow
+from app.database import WRITE, insert_or_ignore, write_transaction
+from app.models import (ACTIVE, FINISHED, NO_OWNER, STATUSES, Artifact, QueueTurn, ReportSession, SessionCount, Step,
+                        iso, utcnow)
 from app.runner.compiled import CompiledStatement
 
 S = ReportSession.__table__
 T = Step.__table__
 A = Artifact.__table__
 C = SessionCount.__table__
+Q = QueueTurn.__table__
 
 # The statements of the hot paths, built once: building a statement per call cost several times
 # more than running it (a step commit went from ~850 us to a fraction of that).
@@ -58,7 +68,13 @@ def _change_statement(columns: tuple[str, ...]):
                     **{c: bindparam(f"new_{c}", type_=S.c[c].type) for c in columns}))
 
 
-_COUNT = update(C).where(C.c.status == bindparam("count_status")).values(sessions=C.c.sessions + bindparam("delta"))
+_COUNT = (update(C).where(C.c.owner == bindparam("count_owner"), C.c.status == bindparam("count_status"))
+          .values(sessions=C.c.sessions + bindparam("delta")))
+_ALL_COUNTS = select(C.c.status, func.sum(C.c.sessions).label("sessions")).group_by(C.c.status)
+_OWNER_COUNTS = select(C.c.status, C.c.sessions).where(C.c.owner == bindparam("owner"))
+_QUEUED_TOTAL = select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions")).where(C.c.status == "queued")
+_OWNER_ACTIVE = (select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions"))
+                 .where(C.c.owner == bindparam("owner"), or_(*(C.c.status == status for status in ACTIVE))))
 # The oldest runnable session of each active status: queued, or generating but handed back or with
 # an expired lease. One query per status, so each walks ix_sessions_status_newest in order and stops
 # at the first match; a single `status IN (...)` query sorted every active row (3.5 ms at 5,000).
@@ -67,7 +83,16 @@ _RUNNABLE = [select(*_STATE)
              .where(S.c.status == status, or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
              .order_by(S.c.created_at, S.c.id).limit(literal_column("1")) for status in ACTIVE]
 _PEEK = [query.with_only_columns(S.c.id) for query in _RUNNABLE]
-_TAKE = [query.with_for_update(skip_locked=True) for query in _RUNNABLE]
+_TAKE_QUEUED, _TAKE_RESUMABLE = (query.with_for_update(skip_locked=True) for query in _RUNNABLE)
+# Fair turns: the owner whose last turn is oldest and who has a queued session (queued sessions hold
+# no lease), then that owner's oldest. Each walks an index and stops at its first match: the owners in
+# turn order (one probe of ix_sessions_status_owner_newest each), then one owner's queue.
+_NEXT_TURN = (select(Q.c.owner)
+              .where(exists().where(S.c.status == "queued", S.c.owner == Q.c.owner))
+              .order_by(Q.c.last_turn_at, Q.c.joined_at, Q.c.owner).limit(literal_column("1")))
+_TAKE_TURN = (select(*_STATE).where(S.c.status == "queued", S.c.owner == bindparam("owner"))
+              .order_by(S.c.created_at, S.c.id).limit(literal_column("1")).with_for_update(skip_locked=True))
+_TURN_TAKEN = update(Q).where(Q.c.owner == bindparam("owner")).values(last_turn_at=bindparam("now"))
 _STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _INSERT_STEP = insert(T)
 _STEP_COLUMNS = ["session_id", "name", "position", "output", "started_at", "finished_at"]
@@ -89,6 +114,15 @@ class Conflict(Exception):
     """The session is not in a state that allows the operation."""
 
 
+class QuotaExceeded(Exception):
+    """Queuing one more session would pass a limit: `setting` names it, `retry_after` suggests a wait (s)."""
+
+    def __init__(self, detail: str, setting: str, retry_after: int):
+        super().__init__(detail)
+        self.setting = setting
+        self.retry_after = retry_after
+
+
 @dataclass
 class Claim:
     """A lease on one session, as claim() took it; commit_step, progress and fail write through it."""
@@ -102,7 +136,8 @@ class Claim:
 
 class Store:
     def __init__(self, engine: Engine, step_names: list[str], lease_seconds: float, max_attempts: int,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_active_per_user: Optional[int] = None,
+                 max_queued: Optional[int] = None):
         self.engine = engine
         dialect = engine.dialect
         self._row = CompiledStatement(_ROW, dialect)
@@ -111,12 +146,21 @@ class Store:
         self._count_move = CompiledStatement(_COUNT, dialect)
         self._insert_step = CompiledStatement(_INSERT_STEP, dialect, column_keys=_STEP_COLUMNS)
         self._peek = [CompiledStatement(query, dialect) for query in _PEEK]
-        self._take = [CompiledStatement(query, dialect) for query in _TAKE]
+        self._take_queued = CompiledStatement(_TAKE_QUEUED, dialect)
+        self._take_resumable = CompiledStatement(_TAKE_RESUMABLE, dialect)
+        self._next_turn = CompiledStatement(_NEXT_TURN, dialect)
+        self._take_turn = CompiledStatement(_TAKE_TURN, dialect)
+        self._turn_taken = CompiledStatement(_TURN_TAKEN, dialect)
         self._steps = CompiledStatement(_STEPS, dialect)
-        self._counts = CompiledStatement(select(C.c.status, C.c.sessions), dialect)
+        self._all_counts = CompiledStatement(_ALL_COUNTS, dialect)
+        self._owner_counts = CompiledStatement(_OWNER_COUNTS, dialect)
+        self._queued_total = CompiledStatement(_QUEUED_TOTAL, dialect)
+        self._owner_active = CompiledStatement(_OWNER_ACTIVE, dialect)
         self.step_names = list(step_names)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        self.max_active_per_user = max_active_per_user
+        self.max_queued = max_queued
         self.clock = clock
         self._pinned = threading.local()
         self._found_work = False  # the last claim took a session: look no more before the next
@@ -199,7 +243,7 @@ class Store:
         params |= {"session_id": row["id"], "fence": fence_owner, "new_status_document": self.render(merged, completed)}
         changed = self._change_row(tuple(sorted(values))).rowcount(conn, params) == 1
         if changed and merged["status"] != row["status"]:
-            self._count(conn, {row["status"]: -1, merged["status"]: 1})
+            self._count(conn, {(row["owner"], row["status"]): -1, (row["owner"], merged["status"]): 1})
         return changed
 
     def _change_row(self, columns: tuple[str, ...]) -> CompiledStatement:
@@ -211,39 +255,68 @@ class Store:
             statement = self._changes[columns] = CompiledStatement(_change_statement(columns), self.engine.dialect)
         return statement
 
-    def _count(self, conn: Connection, deltas: dict[str, int]) -> None:
-        for status, delta in deltas.items():
-            if delta and not self._count_move.rowcount(conn, {"count_status": status, "delta": delta}):
-                conn.execute(insert(C).values(status=status, sessions=delta))
+    def _count(self, conn: Connection, deltas: dict[tuple[str, str], int]) -> None:
+        """Move the (owner, status) counts, in sorted order: two transactions never wait on each other's rows."""
+        for (owner, status), delta in sorted(deltas.items()):
+            if delta and not self._count_move.rowcount(conn, {"count_owner": owner, "count_status": status,
+                                                              "delta": delta}):
+                conn.execute(insert(C).values(owner=owner, status=status, sessions=delta))
 
-    def counts(self) -> dict[str, int]:
-        """Sessions by status, without counting rows (every listing asks: a raw read, as the status poll's)."""
-        found = dict(self._counts.read(self.engine, {}))
-        return {status: found.get(status, 0) for status in STATUSES}
+    def counts(self, owner: Optional[str] = None) -> dict[str, int]:
+        """Sessions by status, of one owner or of everyone, without counting rows (a raw read, as the poll's)."""
+        if owner is None:
+            found = dict(self._all_counts.read(self.engine, {}))
+        else:
+            found = dict(self._owner_counts.read(self.engine, {"owner": owner}))
+        return {status: int(found.get(status) or 0) for status in STATUSES}
+
+    def _check_quota(self, conn: Connection, owner: str) -> None:
+        """Raise QuotaExceeded if one more queued session of `owner` would pass a limit.
+
+        "No one" (the service while it has no users) has no per-user limit: it is everyone.
+        """
+        if self.max_queued is not None and self._queued_total.first(conn, {})["sessions"] >= self.max_queued:
+            raise QuotaExceeded(f"The queue is full: {self.max_queued} sessions are waiting to start, the most "
+                                "REPORTS_MAX_QUEUED allows. Try again when some have started.", "MAX_QUEUED", 60)
+        if owner != NO_OWNER and self.max_active_per_user is not None:
+            active = self._owner_active.first(conn, {"owner": owner})["sessions"]
+            if active >= self.max_active_per_user:
+                raise QuotaExceeded(f"You have {active} sessions queued or running, the most "
+                                    f"REPORTS_MAX_ACTIVE_PER_USER allows. Submit again when one of them "
+                                    "finishes (or cancel one).", "MAX_ACTIVE_PER_USER", 30)
+
+    @staticmethod
+    def _join_turns(conn: Connection, owner: str, now: float) -> None:
+        """Give an owner a place in the turns (before everyone who has had one) unless they have one."""
+        conn.execute(insert_or_ignore(Q, conn.dialect).values(owner=owner, last_turn_at=0.0, joined_at=now))
 
     # -- web: submit, cancel, retry, delete --------------------------------------------------
 
-    def create(self, user_request: str, requirements: dict[str, Any]) -> str:
+    def create(self, user_request: str, requirements: dict[str, Any], owner: str = NO_OWNER) -> str:
+        """Queue a new session of `owner`; QuotaExceeded (and nothing written) past a limit."""
         session_id = str(uuid.uuid4())
         now = utcnow()
         row = dict(id=session_id, status="queued", user_request=user_request, requirements=requirements,
-                   topic=requirements["topic"], current_agent=None, progress_message=None, status_fields={},
+                   topic=requirements["topic"], owner=owner, current_agent=None, progress_message=None,
+                   status_fields={},
                    error=None, failed_step=None,
                    created_at=now, updated_at=now, finished_at=None, lease_owner=None,
                    lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
         with self._write() as conn:
+            self._check_quota(conn, owner)
             conn.execute(insert(S).values(status_document=self.render(row, []), **row))
-            self._count(conn, {"queued": 1})
+            self._count(conn, {(owner, "queued"): 1})
+            self._join_turns(conn, owner, self.clock())
         return session_id
 
-    def cancel(self, session_id: str) -> Optional[str]:
+    def cancel(self, session_id: str, scope: Optional[str] = None) -> Optional[str]:
         """Cancel now if nobody is running the session, else at its next step boundary.
 
         Returns the new status (None if there is no such session); Conflict if it already finished.
         """
         with self._write() as conn:
             row = self._locked_row(conn, session_id)
-            if row is None:
+            if row is None or (scope is not None and row["owner"] != scope):
                 return None
             if row["status"] == "cancelled":
                 return "cancelled"
@@ -257,31 +330,39 @@ class Store:
                          lease_owner=None, lease_expires_at=None)
             return "cancelled"
 
-    def retry(self, session_id: str) -> Optional[str]:
-        """Send a failed or cancelled session back to the queue; it resumes at its first unfinished step."""
+    def retry(self, session_id: str, scope: Optional[str] = None) -> Optional[str]:
+        """Send a failed or cancelled session back to the queue; it resumes at its first unfinished step.
+
+        It counts against its owner's quota as a new submission would (QuotaExceeded).
+        """
         with self._write() as conn:
             row = self._locked_row(conn, session_id)
-            if row is None:
+            if row is None or (scope is not None and row["owner"] != scope):
                 return None
             if row["status"] not in ("failed", "cancelled"):
                 raise Conflict(f"Session '{session_id}' is {row['status']}; only failed or cancelled "
                                "sessions can be retried.")
+            self._check_quota(conn, row["owner"])
+            self._join_turns(conn, row["owner"], self.clock())
             self._change(conn, row, status="queued", error=None, failed_step=None, finished_at=None,
                          cancel_requested=False, attempts=0, lease_owner=None, lease_expires_at=None)
             return "queued"
 
-    def delete(self, session_id: str) -> bool:
+    def delete(self, session_id: str, scope: Optional[str] = None) -> bool:
         """Remove a session and its steps. A process still running it finds its lease gone and stops."""
+        stmt = delete(S).where(S.c.id == session_id)
+        if scope is not None:
+            stmt = stmt.where(S.c.owner == scope)
         with self._write() as conn:
-            status = conn.execute(delete(S).where(S.c.id == session_id).returning(S.c.status)).scalar()
-            if status is not None:
-                self._count(conn, {status: -1})
-            return status is not None
+            gone = conn.execute(stmt.returning(S.c.owner, S.c.status)).first()
+            if gone is not None:
+                self._count(conn, {(gone.owner, gone.status): -1})
+            return gone is not None
 
     # -- runner: claim, commit, heartbeat, release --------------------------------------------
 
     def claim(self, owner: str) -> Optional[Claim]:
-        """Take the oldest runnable session: queued, handed back, or with an expired lease."""
+        """Take a runnable session: one to resume (handed back, or its lease expired), else the next turn's."""
         while True:
             now = self.clock()
             # Look before taking the write lock: an idle process asks every second, and most of the
@@ -291,12 +372,11 @@ class Store:
                     if all(peek.first(conn, {"now": now}) is None for peek in self._peek):
                         return None
             with self._write() as conn:
-                found = [take.first(conn, {"now": now}) for take in self._take]
-                found = [row for row in found if row is not None]
-                self._found_work = bool(found)
-                if not found:
+                # Sessions already under way first: they had their turn when they started.
+                row = self._take_resumable.first(conn, {"now": now}) or self._take_next_turn(conn, now)
+                self._found_work = row is not None
+                if row is None:
                     return None  # another process was quicker, or the queue ran dry
-                row = min(found, key=lambda r: (r["created_at"], r["id"]))
                 steps = [(r["name"], r["output"]) for r in self._steps.all(conn, {"session_id": row["id"]})]
                 completed = [name for name, _ in steps]
                 resumed = row["lease_owner"] is not None  # its last owner died or stalled mid-run
@@ -317,8 +397,17 @@ class Store:
                     continue
                 self._change(conn, row, completed, status="generating", current_agent=pending[0],
                              attempts=attempts, lease_owner=owner, lease_expires_at=now + self.lease_seconds)
+                if row["status"] == "queued":
+                    self._turn_taken.execute(conn, {"owner": row["owner"], "now": now})
                 return Claim(row["id"], owner, row["user_request"], row["requirements"],
                              {name: output for name, output in steps}, resumed)
+
+    def _take_next_turn(self, conn: Connection, now: float):
+        """The oldest queued session of the owner whose turn it is, locked; None if nothing is queued."""
+        turn = self._next_turn.first(conn, {})
+        row = self._take_turn.first(conn, {"owner": turn["owner"]}) if turn is not None else None
+        # Queued sessions whose owner has no turn row (inserted by hand) still run, oldest first.
+        return row or self._take_queued.first(conn, {"now": now})
 
     def commit_step(self, claim: Claim, name: str, output: Any, started_at: datetime,
                     artifacts: Optional[dict[str, tuple[str, bytes]]] = None,
@@ -430,9 +519,9 @@ class Store:
                 if ids:
                     # By id alone: the rows are locked (or the write lock held) since the select, and adding
                     # the age condition made SQLite walk the whole status index for every batch.
-                    statuses = conn.execute(delete(S).where(S.c.id.in_(ids)).returning(S.c.status)).scalars()
-                    gone = Counter(statuses)
-                    self._count(conn, {status: -n for status, n in gone.items()})
+                    rows = conn.execute(delete(S).where(S.c.id.in_(ids)).returning(S.c.owner, S.c.status)).all()
+                    gone = Counter((row.owner, row.status) for row in rows)
+                    self._count(conn, {key: -n for key, n in gone.items()})
                     removed += sum(gone.values())
             if len(ids) < batch_size:
                 return removed
@@ -451,10 +540,11 @@ class Store:
                     skipped.append(session["id"])
                     continue
                 row = {k: v for k, v in session.items() if k != "completed_tasks"}
-                row |= dict(lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False, version=1,
-                            progress_message=None, status_fields={})
+                row |= dict(owner=NO_OWNER, lease_owner=None, lease_expires_at=None, attempts=0, cancel_requested=False,
+                            version=1, progress_message=None, status_fields={})
                 conn.execute(insert(S).values(status_document=self.render(row, session["completed_tasks"]), **row))
-                self._count(conn, {row["status"]: 1})
+                self._count(conn, {(NO_OWNER, row["status"]): 1})
                 imported.append(row["id"])
                 existing.add(row["id"])
+            self._join_turns(conn, NO_OWNER, self.clock())
         return imported, skipped

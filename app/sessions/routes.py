@@ -2,10 +2,11 @@
 from flask import Response, current_app, jsonify, request
 from flask_smorest import abort
 
+from app.accounts.auth import current_caller
 from app.extensions import Blueprint
-from app.reports.routes import not_found_detail
+from app.reports.routes import not_found_detail, refuse_over_quota
 from app.runner import get_store
-from app.runner.store import Conflict
+from app.runner.store import Conflict, QuotaExceeded
 from app.schemas import SessionListArgsSchema, SessionListSchema, StatusSchema
 from app.sessions.listing import decode_cursor, listing_document
 from app.sessions.status import etag_for
@@ -30,13 +31,15 @@ def report_status(session_id):
 @blp.arguments(SessionListArgsSchema, location="query")
 @blp.response(200, SessionListSchema)
 def list_sessions(args):
-    """Sessions, newest first, a page at a time (follow next_cursor); filter with ?status=."""
-    status = args.get("status")
+    """Your sessions (an admin: everyone's), newest first, a page at a time (follow next_cursor).
+
+    Filter with ?status=, and (admins) with ?owner=NAME; ?owner= alone lists the sessions no one owns.
+    """
     # The schema admits only cursors decode_cursor reads; "?cursor=" asks for the first page.
     cursor = decode_cursor(args["cursor"]) if args.get("cursor") else None
     limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
-    return jsonify(listing_document(current_app.extensions["report_session_pages"], get_store(current_app).counts(),
-                                    limit, status, cursor))
+    return jsonify(listing_document(current_app.extensions["report_session_pages"], get_store(current_app),
+                                    current_caller(), limit, args.get("status"), cursor, args.get("owner")))
 
 
 @blp.delete("/sessions/<session_id>")
@@ -44,7 +47,7 @@ def list_sessions(args):
 @blp.alt_response(404, description="No such session")
 def delete_session(session_id):
     """Delete a session and its steps; a running one stops at its next step boundary."""
-    if not get_store(current_app).delete(session_id):
+    if not get_store(current_app).delete(session_id, scope=current_caller().scope):
         abort(404, message=not_found_detail(session_id))
 
 
@@ -63,6 +66,7 @@ def cancel_session(session_id):
 @blp.response(202, StatusSchema, description="Queued again")
 @blp.alt_response(404, description="No such session")
 @blp.alt_response(409, description="Only failed or cancelled sessions can be retried")
+@blp.alt_response(429, description="A quota is full (the detail says which); try again after Retry-After seconds")
 def retry_session(session_id):
     """Queue a failed or cancelled session again; it resumes from its first unfinished step."""
     _apply(get_store(current_app).retry, session_id)
@@ -74,9 +78,11 @@ def retry_session(session_id):
 
 def _apply(operation, session_id):
     try:
-        result = operation(session_id)
+        result = operation(session_id, scope=current_caller().scope)
     except Conflict as exc:
         abort(409, message=str(exc))
+    except QuotaExceeded as exc:
+        refuse_over_quota(exc)
     if result is None:
         abort(404, message=not_found_detail(session_id))
     return result
@@ -85,9 +91,9 @@ def _apply(operation, session_id):
 def status_response(session_id, code: int = 200) -> Response:
     """The stored status document, exactly as polls get it (cancel and retry answer with it too)."""
     found = current_app.extensions["report_status_reader"](session_id)
-    if found is None:
+    if found is None or not current_caller().sees(found[2]):
         abort(404, message=not_found_detail(session_id))
-    version, document = found
+    version, document, _owner = found
     response = Response(document, status=code, mimetype="application/json")
     response.set_etag(etag_for(version).strip('"'))
     response.headers["Cache-Control"] = "no-cache"

@@ -2,15 +2,18 @@
 
 Every state change renders the session's status document and bumps its version in the same
 transaction (app/runner/store.py), so answering a poll needs no joins and no serialisation:
-read (version, document), compare the version with If-None-Match, send 304 or the document.
-StatusFastPath does that before Flask dispatches; the Flask view in routes.py answers the
-same way through the framework, and handles every other case (unknown ids, other methods).
+read (version, document, owner), compare the version with If-None-Match, send 304 or the document.
+StatusFastPath does that before Flask dispatches, for callers it can name without Flask (the open
+service, a bearer token) and sessions they may see; the Flask view in routes.py answers the same
+way through the framework, and handles every other case (cookies, unknown ids, other methods).
 """
 from typing import Optional
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 
+from app.accounts.auth import caller_from_environ
+from app.accounts.users import Users
 from app.models import ReportSession
 from app.runner.compiled import CompiledStatement
 
@@ -18,18 +21,18 @@ PREFIX = "/api/report-status/"
 
 
 class StatusReader:
-    """Reads (version, document) by primary key: this is the hottest query there is."""
+    """Reads (version, document, owner) by primary key: this is the hottest query there is."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         S = ReportSession.__table__
-        # Both columns are plain integer and text: the driver's values need no conversion.
-        self._read = CompiledStatement(select(S.c.version, S.c.status_document).where(S.c.id == bindparam("id")),
-                                       engine.dialect)
+        # Plain integer and text columns: the driver's values need no conversion.
+        self._read = CompiledStatement(select(S.c.version, S.c.status_document, S.c.owner)
+                                       .where(S.c.id == bindparam("id")), engine.dialect)
 
-    def __call__(self, session_id: str) -> Optional[tuple[int, str]]:
+    def __call__(self, session_id: str) -> Optional[tuple[int, str, str]]:
         rows = self._read.read(self.engine, {"id": session_id})
-        return (rows[0][0], rows[0][1]) if rows else None
+        return tuple(rows[0]) if rows else None
 
 
 def etag_for(version: int) -> str:
@@ -46,18 +49,20 @@ def etag_matches(if_none_match: Optional[str], etag: str) -> bool:
 class StatusFastPath:
     """WSGI middleware: answers status polls of existing sessions; everything else goes to Flask."""
 
-    def __init__(self, wsgi_app, read_status: StatusReader):
+    def __init__(self, wsgi_app, read_status: StatusReader, users: Users):
         self.wsgi_app = wsgi_app
         self.read_status = read_status
+        self.users = users
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD")
         if path.startswith(PREFIX) and method in ("GET", "HEAD"):
             session_id = path[len(PREFIX):]
-            found = self.read_status(session_id) if session_id and "/" not in session_id else None
-            if found is not None:
-                version, document = found
+            caller = caller_from_environ(self.users, environ)
+            found = self.read_status(session_id) if caller and session_id and "/" not in session_id else None
+            if found is not None and caller.sees(found[2]):
+                version, document, _owner = found
                 etag = etag_for(version)
                 headers = [("ETag", etag), ("Cache-Control", "no-cache")]
                 if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):

@@ -1,4 +1,6 @@
 // New report page: posts the form as JSON to the API and shows the server's field messages.
+import { api } from "./api.js";
+
 const form = document.getElementById("new-report");
 const FIELDS = ["topic", "user_request", "page_count", "source_count", "complexity", "urls"];
 
@@ -38,7 +40,7 @@ form.addEventListener("submit", async (event) => {
   const button = document.getElementById("submit");
   button.disabled = true;
   try {
-    const response = await fetch("/api/submit-requirements", {
+    const response = await api("/api/submit-requirements", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify({ user_request: value("user_request").trim(), requirements }),

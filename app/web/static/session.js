@@ -1,5 +1,7 @@
 // Session page: polls the status with If-None-Match, backs off while nothing changes, pauses while
 // the tab is hidden, says "reconnecting" while the server is away and carries on when it is back.
+import { api } from "./api.js";
+
 const root = document.getElementById("session");
 const sessionId = root.dataset.sessionId;
 const statusUrl = `/api/report-status/${encodeURIComponent(sessionId)}`;
@@ -73,7 +75,7 @@ async function showReport() {
   // The report's files depend on the pipeline: show what this one made (a custom one may make no HTML).
   let downloads = {};
   try {
-    const response = await fetch(`/api/reports/${encodeURIComponent(sessionId)}`, { headers: { Accept: "application/json" } });
+    const response = await api(`/api/reports/${encodeURIComponent(sessionId)}`, { headers: { Accept: "application/json" } });
     downloads = response.ok ? (await response.json()).downloads || {} : {};
   } catch (error) {
     downloads = {};
@@ -107,7 +109,7 @@ function schedule(ms) {
 
 async function poll() {
   try {
-    const response = await fetch(statusUrl, {
+    const response = await api(statusUrl, {
       headers: etag ? { "If-None-Match": etag, Accept: "application/json" } : { Accept: "application/json" },
       cache: "no-store",
     });
@@ -141,7 +143,7 @@ async function act(action) {
   const button = $(action);
   button.disabled = true;
   try {
-    const response = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}/${action}`, { method: "POST" });
+    const response = await api(`/api/sessions/${encodeURIComponent(sessionId)}/${action}`, { method: "POST" });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) $("message").textContent = body.detail || `Could not ${action} (${response.status}).`;
   } catch (error) {

@@ -1,0 +1,1 @@
+"""Accounts: users and their tokens and passwords, who is calling, and the sign-in pages."""
