@@ -73,3 +73,52 @@ def csp_directive(policy: str, name: str):
         if parts and parts[0].lower() == name:
             return parts[1:]
     return None
+
+
+# -- layout measurements --------------------------------------------------------------------------
+
+# Where an element's text was laid out: the client rectangles of its text nodes (not of its boxes,
+# and not ::before content), grouped into lines. A rectangle that starts below the bottom of the
+# line before it starts a new line; one beside it on the same line does not.
+_TEXT_LAYOUT = """element => {
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  const rects = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    for (const rect of range.getClientRects()) if (rect.width > 0 && rect.height > 0) rects.push(rect);
+  }
+  rects.sort((a, b) => a.top - b.top);
+  let lines = 0, bottom = -Infinity;
+  for (const rect of rects) {
+    if (rect.top >= bottom - 1) { lines += 1; bottom = rect.bottom; } else { bottom = Math.max(bottom, rect.bottom); }
+  }
+  const box = element.getBoundingClientRect();
+  return {
+    lines,
+    text: rects.length ? {left: Math.min(...rects.map(r => r.left)), right: Math.max(...rects.map(r => r.right)),
+                          top: rects[0].top, bottom: Math.max(...rects.map(r => r.bottom))} : null,
+    box: {left: box.left, right: box.right, top: box.top, bottom: box.bottom},
+    clipped: element.scrollWidth > element.clientWidth + 1,
+  };
+}"""
+
+
+def text_layout(locator) -> dict:
+    """How `locator`'s element laid out its text, in viewport pixels.
+
+    lines: how many lines the text takes (1: it did not wrap); text: the box around the text;
+    box: the element's border box; clipped: its content is wider than it shows (cut off or scrolled).
+    """
+    return locator.evaluate(_TEXT_LAYOUT)
+
+
+def inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
+    """Whether box `inner` lies within box `outer` horizontally (left/right in the same coordinates)."""
+    return inner["left"] >= outer["left"] - slack and inner["right"] <= outer["right"] + slack
+
+
+def horizontal_overflow(page) -> dict:
+    """The document's scroll width against the viewport's width: wider means a horizontal scroll bar."""
+    return page.evaluate("() => ({scrollWidth: document.documentElement.scrollWidth, "
+                         "innerWidth: window.innerWidth})")

@@ -7,19 +7,32 @@ the sessions list. Selectors are the pages' DOM contract (ids such as `#status`,
 [data-step][data-state]`), never layout. Screenshots go to tests/artifacts/ for a person to look
 at (a failed test leaves FAILED-<test>.png there too).
 
+The accounts tests (9-11) share one server for the module (`accounts`): a session from before
+accounts, then users with passwords and sessions of their own; they sign in through the form as a
+person would. Test 11 is the one that measures layout, on purpose: where text was laid out (its
+client rectangles, tests/browser.py) at 1280 px and on a phone.
+
 Chromium is Debian's (`make browser` installs it; `make test` runs that first). Without it, or
 without Playwright, the module is skipped with a message saying so. Waits have generous timeouts:
 upper bounds that stop a broken run from hanging, never speed checks.
 """
+import json
 import re
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
-from urllib.parse import urlparse
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from agents import DEFAULT_WITH_SLOW_WRITER
-from browser import ARTIFACTS, CHROMIUM, SESSION_PATH, Events, csp_directive, launch, screenshot
-from servers import Server, request, server_env, status, submit, wait_until
+from browser import (ARTIFACTS, CHROMIUM, SESSION_PATH, Events, csp_directive, horizontal_overflow, inside, launch,
+                     screenshot, text_layout)
+from servers import BIN, PROJECT, Response, Server, request, server_env, status, submit, wait_until
+
+from app import create_app
+from app.extensions import db
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: run make install")
 expect = sync_api.expect
@@ -46,22 +59,42 @@ def browser():
 
 
 @pytest.fixture
-def tab(browser, request):
-    """A fresh browser context and page, with what the page did on its own recorded (Events)."""
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15 * SECOND)
-    page = context.new_page()
-    events = Events.attach(page)
+def tabs(browser, request):
+    """open_tab(**context_options) -> (page, events): a fresh browser context (cookies, cache) and page.
+
+    What each page did on its own is recorded (Events); at teardown none may have raised a script
+    error or broken its Content-Security-Policy, and a failed test leaves a screenshot of each.
+    """
+    opened = []
+
+    def open_tab(**options):
+        context = browser.new_context(**{"accept_downloads": True, "viewport": {"width": 1280, "height": 900},
+                                         **options})
+        context.set_default_timeout(15 * SECOND)
+        page = context.new_page()
+        events = Events.attach(page)
+        opened.append((context, page, events))
+        return page, events
+
     failures_before = request.session.testsfailed
-    yield page, events
-    if request.session.testsfailed > failures_before:  # the test itself failed: keep what it saw
-        try:
-            screenshot(page, f"FAILED-{request.node.name}")
-        except Exception:  # a page that died must not hide the real failure
-            pass
-    context.close()
-    assert events.page_errors == [], f"the page's scripts raised: {events.page_errors}"
-    assert events.csp_violations == [], f"the page broke its own Content-Security-Policy: {events.csp_violations}"
+    yield open_tab
+    for number, (context, page, _) in enumerate(opened, 1):
+        if request.session.testsfailed > failures_before:  # the test itself failed: keep what it saw
+            try:
+                screenshot(page, f"FAILED-{request.node.name}" + (f"-{number}" if number > 1 else ""))
+            except Exception:  # a page that died must not hide the real failure
+                pass
+        context.close()
+    for _, _, events in opened:
+        assert events.page_errors == [], f"the page's scripts raised: {events.page_errors}"
+        assert events.csp_violations == [], \
+            f"the page broke its own Content-Security-Policy: {events.csp_violations}"
+
+
+@pytest.fixture
+def tab(tabs):
+    """A fresh browser context and page, 1280x900, with what the page did on its own recorded (Events)."""
+    return tabs()
 
 
 @pytest.fixture
@@ -461,3 +494,390 @@ def test_failed_session_shows_its_error_and_the_failed_step_and_offers_retry(pag
     expect(page.locator("button#cancel")).to_be_hidden()
     expect(page.locator("section#report")).to_be_hidden()
     screenshot(page, "session-failed")
+
+
+# -- accounts: one server for the module, with users and their sessions ---------------------------
+
+PASSWORDS = {"alice": "alice's long passphrase", "bob": "bob's long passphrase", "root": "root's long passphrase",
+             "carol": "carol's long passphrase"}
+# Long words as well as many: only the topic cell may break a word, and it must, to fit a phone.
+LONG_TOPIC = ("Offshore wind, grid storage and interconnectors around the North Sea, a topic long enough to wrap: "
+              "Llanfairpwllgwyngyllgogerychwyrndrobwllllantysiliogogogoch and its neighbours")
+PHONE = {"viewport": {"width": 375, "height": 740}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
+
+
+@dataclass
+class Accounts:
+    server: Server
+    tokens: dict    # user name -> API token
+    sessions: dict  # what it is ("alice", "bob-cancelled", "before": made while the service was open) -> id
+
+
+def call(method, url, token=None, body=None):
+    """One API request as a user (Authorization: Bearer), or as nobody; HTTP errors are returned."""
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return Response(r.status, dict(r.headers), r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, dict(e.headers), e.read())
+
+
+def submit_as(base_url, token, topic):
+    """Submit a report request with a user's API token; returns the new session id."""
+    answer = call("POST", base_url + "/api/submit-requirements", token, {
+        "user_request": f"A report on {topic}",
+        "requirements": {"topic": topic, "page_count": 2, "source_count": 2, "complexity": "simple"}})
+    assert answer.status == 202, (answer.status, answer.body[:500])
+    return answer.json()["session_id"]
+
+
+def finished_as(base_url, token, session_id):
+    answer = call("GET", f"{base_url}/api/report-status/{session_id}", token)
+    assert answer.status == 200, (answer.status, answer.body[:500])
+    doc = answer.json()
+    return doc if doc["status"] in FINISHED else None
+
+
+def listed_as(base_url, token):
+    """The ids of the sessions a user's API token lists."""
+    answer = call("GET", base_url + "/api/sessions?limit=100", token)
+    assert answer.status == 200, (answer.status, answer.body[:500])
+    return {s["session_id"] for s in answer.json()["sessions"]}
+
+
+def create_users(db_path, users):
+    """Create users [(name, is_admin)] with their PASSWORDS through the app's Users on the database file.
+
+    Returns {name: API token}. A server on that file sees them at its next request.
+    """
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}", "PIPELINE": ["agents:First"]})
+    try:
+        return {name: app.extensions["report_users"].create(name, is_admin=admin, password=PASSWORDS[name])
+                for name, admin in users}
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def flask_users(env, *args, stdin=None):
+    """`flask --app wsgi users ARGS` on a server's database (its env), as an operator runs it; its output."""
+    result = subprocess.run([str(BIN / "flask"), "--app", "wsgi", "users", *args], cwd=PROJECT, env=env,
+                            input=stdin, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"flask users {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def accounts(browser, tmp_path_factory, migrated_template):
+    """One server for the accounts tests: a session from before accounts, then alice, bob and root (an
+    admin), each user's sessions finished (bob's second one cancelled). Tests may add sessions, never
+    remove any, sign out or revoke these users."""
+    folder = tmp_path_factory.mktemp("accounts")
+    db_file = folder / "app.db"
+    shutil.copy(migrated_template, db_file)
+    server = Server(server_env(db_file, ["agents:First", "agents:Second"], folder / "agents.log", 0.3), folder,
+                    workers=1, name="accounts")
+    server.start()
+    try:
+        before = submit(server.url, "Written before accounts")  # the service is still open: no one's
+        wait_until(lambda: finished(server.url, before), 30, "the open service's session finished")
+        tokens = create_users(db_file, [("alice", False), ("bob", False), ("root", True)])
+        sessions = {"before": before,
+                    "alice": submit_as(server.url, tokens["alice"], "Alice's heat pump survey"),
+                    "alice-long": submit_as(server.url, tokens["alice"], LONG_TOPIC),
+                    "bob": submit_as(server.url, tokens["bob"], "Bob's private merger memo"),
+                    "bob-cancelled": submit_as(server.url, tokens["bob"], "Bob's cancelled forecast")}
+        cancel = call("POST", f"{server.url}/api/sessions/{sessions['bob-cancelled']}/cancel", tokens["bob"])
+        assert cancel.status in (200, 202), cancel.body
+        docs = {key: wait_until(lambda sid=sid: finished_as(server.url, tokens["root"], sid), 30, f"{key} finished")
+                for key, sid in sessions.items()}
+        assert {key: doc["status"] for key, doc in docs.items()} == {
+            "before": "completed", "alice": "completed", "alice-long": "completed", "bob": "completed",
+            "bob-cancelled": "cancelled"}, docs
+        yield Accounts(server, tokens, sessions)
+    finally:
+        server.kill()
+
+
+def session_row(page, session_id):
+    return page.locator(f'table#sessions tbody tr[data-session-id="{session_id}"]')
+
+
+def expect_sign_in_page(page, next_path):
+    """The page is the sign-in form, which goes to `next_path` once signed in ("": the default page)."""
+    expect(page.locator("form#sign-in")).to_be_visible()
+    assert urlparse(page.url).path == "/sign-in", page.url
+    expect(page.locator("form#sign-in input[name=next]")).to_have_value(next_path)
+
+
+def send_sign_in(page, name, password):
+    page.fill("form#sign-in input#name", name)
+    page.fill("form#sign-in input#password", password)
+    page.click("form#sign-in button[type=submit]")
+
+
+def sign_in_at(page, base_url, name, path="/sessions"):
+    """Open `path`, which asks to sign in, sign in as `name`, and be back on `path`."""
+    page.goto(base_url + path)
+    expect_sign_in_page(page, path)
+    send_sign_in(page, name, PASSWORDS[name])
+    page.wait_for_url(lambda url: urlparse(url).path == urlparse(path).path)
+
+
+def misaligned_cells(row):
+    """The cells of a table row whose box does not span the row's height: [(class, top gap, bottom gap)] in px."""
+    return row.evaluate("""tr => {
+      const r = tr.getBoundingClientRect();
+      return [...tr.cells].map(td => [td.className, td.getBoundingClientRect().top - r.top,
+                                      r.bottom - td.getBoundingClientRect().bottom])
+                          .filter(([, top, bottom]) => Math.abs(top) > 1 || Math.abs(bottom) > 1);
+    }""")
+
+
+def path_is(path):
+    return lambda url: urlparse(url).path == path
+
+
+# -- 9. sign in, only your own sessions, sign out -------------------------------------------------
+
+@pytest.mark.slow
+def test_signing_in_shows_only_your_own_sessions_and_signing_out_asks_again(page, events, accounts):
+    url, ids, tokens = accounts.server.url, accounts.sessions, accounts.tokens
+
+    # when: the new-report page is opened without signing in
+    page.goto(url + "/")
+
+    # then: the sign-in page, without the site's navigation, which would come back to /
+    expect_sign_in_page(page, "/")
+    expect(page.locator("header.site nav")).to_have_count(0)
+    expect(page.locator("#signed-in-as")).to_have_count(0)
+
+    # when: the sessions list is asked for, and a wrong password sent
+    page.goto(url + "/sessions")
+    expect_sign_in_page(page, "/sessions")
+    send_sign_in(page, "alice", "not alice's passphrase")
+
+    # then: the form says so and still knows where to go
+    expect(page.locator("form#sign-in .error[role=alert]")).to_contain_text("do not match")
+    expect_sign_in_page(page, "/sessions")
+    screenshot(page, "sign-in-error")
+
+    # when: alice signs in
+    send_sign_in(page, "alice", PASSWORDS["alice"])
+
+    # then: she is on the list she asked for, the header says who she is, and the list holds her
+    # sessions and no one else's
+    page.wait_for_url(path_is("/sessions"))
+    expect(page.locator("#signed-in-as")).to_have_text("Signed in as alice")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(session_row(page, ids["alice"])).to_be_visible()
+    expect(session_row(page, ids["alice-long"])).to_be_visible()
+    hers = listed_as(url, tokens["alice"])
+    shown = set(rows(page).evaluate_all("trs => trs.map(tr => tr.dataset.sessionId)"))
+    assert shown == hers and {ids["bob"], ids["bob-cancelled"], ids["before"]}.isdisjoint(shown), (shown, ids)
+    expect(page.locator("#total")).to_have_text(f"{len(hers)} sessions")
+    expect(page.locator("table#sessions")).not_to_contain_text("Bob")
+    screenshot(page, "sessions-signed-in")
+
+    # when: she writes a new report on the page (a POST with the cookie: it must carry the CSRF token)
+    page.get_by_role("link", name="New report").click()
+    page.wait_for_url(path_is("/"))
+    fill_form(page, "Alice's report from the page", "A report alice asked for on the page", 2, 2)
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/submit-requirements")) as sent:
+        page.click("button#submit")
+
+    # then: it is accepted and runs, as hers
+    page.wait_for_url(SESSION_PATH)
+    assert sent.value.all_headers().get("x-csrftoken"), sent.value.all_headers()
+    new_id = SESSION_PATH.search(urlparse(page.url).path).group(1)
+    expect(page.locator("#topic")).to_have_text("Alice's report from the page")
+    expect(page.locator("#status")).to_have_text("completed", timeout=30 * SECOND)
+    assert new_id in listed_as(url, tokens["alice"]) and new_id not in listed_as(url, tokens["bob"])
+
+    # ... while the same request with her cookie but without the page's token is refused
+    count = len(listed_as(url, tokens["alice"]))
+    forged = page.request.post(url + "/api/submit-requirements", headers={"Content-Type": "application/json"},
+                               data=json.dumps({"user_request": "Forged", "requirements": {
+                                   "topic": "Forged", "page_count": 2, "source_count": 2, "complexity": "simple"}}))
+    assert forged.status == 400, (forged.status, forged.text()[:300])
+    assert len(listed_as(url, tokens["alice"])) == count
+
+    # when: she opens bob's session page; then: it does not exist for her, nor does its status
+    response = page.goto(f"{url}/sessions/{ids['bob']}")
+    assert response.status == 404, response.status
+    expect(page.get_by_text("Bob's private merger memo")).to_have_count(0)
+    assert page.request.get(f"{url}/api/report-status/{ids['bob']}").status == 404
+
+    # when: she signs out
+    page.goto(url + "/sessions")
+    expect(session_row(page, ids["alice"])).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+
+    # then: the sign-in page; the list and the API ask her to sign in again
+    page.wait_for_url(path_is("/sign-in"))
+    expect(page.locator("form#sign-in")).to_be_visible()
+    expect(page.locator("#signed-in-as")).to_have_count(0)
+    page.goto(url + "/sessions")
+    expect_sign_in_page(page, "/sessions")
+    assert page.request.get(url + "/api/sessions").status == 401
+    assert events.dialogs == [], events.dialogs
+
+
+# -- 10. owners: an admin's column and filter -----------------------------------------------------
+
+@pytest.mark.slow
+def test_an_admin_sees_and_filters_by_owner_and_a_user_sees_no_owner_column(tabs, accounts):
+    url, ids = accounts.server.url, accounts.sessions
+    owners = {"before": "no one", "alice": "alice", "alice-long": "alice", "bob": "bob", "bob-cancelled": "bob"}
+
+    # when: an admin opens the list
+    page, _ = tabs()
+    sign_in_at(page, url, "root")
+
+    # then: an Owner column names each session's owner, "no one" for the one made before accounts
+    expect(page.locator("#signed-in-as")).to_have_text("Signed in as root (admin)")
+    expect(page.locator("table#sessions thead th.owner")).to_have_text("Owner")
+    for key, owner in owners.items():
+        expect(session_row(page, ids[key]).locator("td.owner")).to_have_text(owner)
+    expect(page.locator("table#sessions tbody td.owner")).to_have_count(rows(page).count())
+    expect(page.locator("select#owner-filter")).to_have_value("*")
+    screenshot(page, "sessions-admin")
+
+    # when: only alice's are asked for; then: only hers are listed
+    page.select_option("select#owner-filter", "alice")
+    page.wait_for_url(lambda u: parse_qs(urlparse(u).query).get("owner") == ["alice"])
+    expect(session_row(page, ids["alice"])).to_be_visible()
+    assert set(page.locator("table#sessions tbody td.owner").all_text_contents()) == {"alice"}
+    expect(session_row(page, ids["bob"])).to_have_count(0)
+    expect(page.locator("select#owner-filter")).to_have_value("alice")
+
+    # when: the sessions of no one are asked for; then: only the one from before accounts
+    page.select_option("select#owner-filter", "")
+    page.wait_for_url(lambda u: parse_qs(urlparse(u).query, keep_blank_values=True).get("owner") == [""])
+    expect(rows(page)).to_have_count(1)
+    expect(rows(page).first).to_have_attribute("data-session-id", ids["before"])
+    expect(rows(page).first.locator("td.owner")).to_have_text("no one")
+
+    # when: everyone's again; then: bob's are back
+    page.select_option("select#owner-filter", "*")
+    page.wait_for_url(lambda u: "owner" not in parse_qs(urlparse(u).query, keep_blank_values=True))
+    expect(session_row(page, ids["bob"])).to_be_visible()
+
+    # when: a user who is no admin opens the list
+    page, _ = tabs()
+    sign_in_at(page, url, "bob")
+
+    # then: their sessions, with no Owner column and no owner filter
+    expect(session_row(page, ids["bob"])).to_be_visible()
+    expect(page.locator("table#sessions thead th")).to_have_text(["Topic", "Status", "Started", "Actions"])
+    expect(page.locator("table#sessions .owner")).to_have_count(0)
+    expect(page.locator("select#owner-filter")).to_have_count(0)
+
+    # ... and asking for someone else's in the address lists nothing
+    page.goto(url + "/sessions?owner=alice")
+    expect(page.locator("#total")).to_have_text("0 sessions")
+    expect(rows(page)).to_have_count(0)
+
+
+# -- 11. layout: whole words in the list on a wide screen, cards on a phone ------------------------
+
+@pytest.mark.slow
+def test_sessions_list_keeps_statuses_and_buttons_whole_at_1280_px_and_fits_a_phone(tabs, accounts):
+    url, ids = accounts.server.url, accounts.sessions
+
+    # when: an admin (the widest list: it has the Owner column) opens the list on a 1280x800 screen
+    page, _ = tabs(viewport={"width": 1280, "height": 800})
+    sign_in_at(page, url, "root")
+    expect(session_row(page, ids["alice-long"])).to_be_visible()
+    screenshot(page, "sessions-1280")
+
+    # then: every status and every Delete button is on one line, whole, and the long topic wraps
+    # inside its own cell, with the table no wider than the window
+    seen = set(page.locator("table#sessions tbody td.status").all_text_contents())
+    assert {"completed", "cancelled"} <= seen, seen
+    for row in rows(page).all():
+        for part in ("td.status", "button.delete"):
+            layout = text_layout(row.locator(part))
+            assert layout["lines"] == 1 and not layout["clipped"] and inside(layout["text"], layout["box"]), \
+                (row.get_attribute("data-session-id"), part, layout)
+        # ... and each cell fills its row, so the line under a row is one straight line
+        assert misaligned_cells(row) == [], (row.get_attribute("data-session-id"), misaligned_cells(row))
+    topic = text_layout(session_row(page, ids["alice-long"]).locator("td.topic"))
+    assert topic["lines"] > 1 and inside(topic["text"], topic["box"]), topic
+    table = page.locator("table#sessions").evaluate("t => t.getBoundingClientRect().right")
+    wrap = page.locator(".table-wrap").evaluate("w => [w.scrollWidth, w.clientWidth]")
+    overflow = horizontal_overflow(page)
+    assert table <= overflow["innerWidth"] and wrap[0] <= wrap[1], (table, wrap, overflow)
+    assert overflow["scrollWidth"] <= overflow["innerWidth"], overflow
+
+    # when: the list is opened on a phone
+    phone, _ = tabs(**PHONE)
+    sign_in_at(phone, url, "root")
+    expect(session_row(phone, ids["alice-long"])).to_be_visible()
+    screenshot(phone, "sessions-phone")
+
+    # then: nothing scrolls sideways, and each session shows its topic, whole status and Delete inside the screen
+    overflow = horizontal_overflow(phone)
+    assert overflow["innerWidth"] == 375 and overflow["scrollWidth"] <= overflow["innerWidth"], overflow
+    wrap = phone.locator(".table-wrap").evaluate("w => [w.scrollWidth, w.clientWidth]")
+    assert wrap[0] <= wrap[1], wrap
+    expect(rows(phone)).to_have_count(len(listed_as(url, accounts.tokens["root"])))
+    screen = {"left": 0, "right": overflow["innerWidth"]}
+    for row in rows(phone).all():
+        session_id = row.get_attribute("data-session-id")
+        for part in ("td.topic", "td.status", "button.delete"):
+            expect(row.locator(part)).to_be_visible()
+            layout = text_layout(row.locator(part))
+            assert inside(layout["box"], screen) and inside(layout["text"], layout["box"]), (session_id, part, layout)
+        for part in ("td.status", "button.delete"):
+            layout = text_layout(row.locator(part))
+            assert layout["lines"] == 1 and not layout["clipped"], (session_id, part, layout)
+    topic = text_layout(session_row(phone, ids["alice-long"]).locator("td.topic"))
+    assert topic["lines"] > 2, topic
+    status = session_row(phone, ids["bob-cancelled"]).locator("td.status")
+    expect(status).to_have_text("cancelled")
+    assert status.evaluate("td => getComputedStyle(td, '::before').content") == '"Status: "'
+
+
+# -- 12. a sign-in that ends while its pages are open ---------------------------------------------
+
+@pytest.mark.slow
+def test_a_page_whose_sign_in_was_revoked_goes_to_sign_in_on_its_next_api_call(tabs, deploy, servers):
+    # given: carol, created by the operator's command, whose one session runs for minutes
+    env = deploy(["agents:First"], delay=300)
+    server = servers(env, "revoked")
+    output = flask_users(env, "create", "carol", "--password-stdin", stdin=PASSWORDS["carol"] + "\n")
+    token = re.search(r"^token: (\S+)$", output, re.MULTILINE).group(1)
+    session_id = submit_as(server.url, token, "Carol's long-running report")
+    page, _ = tabs()
+    sign_in_at(page, server.url, "carol", f"/sessions/{session_id}")
+    expect(page.locator("#status")).to_have_text("generating")
+    sessions_page, events = tabs()
+    sign_in_at(sessions_page, server.url, "carol")
+    expect(session_row(sessions_page, session_id)).to_be_visible()
+
+    # when: the operator revokes her while both pages are open
+    flask_users(env, "revoke", "carol")
+
+    # then: the session page's next status poll is answered 401 and it goes to sign in, to come back
+    page.wait_for_url(path_is("/sign-in"), timeout=30 * SECOND)
+    expect_sign_in_page(page, f"/sessions/{session_id}")
+
+    # ... the list page, which does not poll, goes there on its next request (a Delete)
+    session_row(sessions_page, session_id).locator("button.delete").click()
+    sessions_page.wait_for_url(path_is("/sign-in"))
+    expect_sign_in_page(sessions_page, "/sessions")
+    assert [kind for kind, _ in events.dialogs] == ["confirm"], events.dialogs
+
+    # ... and she cannot sign in again
+    send_sign_in(page, "carol", PASSWORDS["carol"])
+    expect(page.locator("form#sign-in .error[role=alert]")).to_contain_text("do not match")
+    assert call("GET", f"{server.url}/api/report-status/{session_id}", token).status == 401
