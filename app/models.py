@@ -124,10 +124,13 @@ class QueueTurn(db.Model):
     __tablename__ = "queue_turns"
 
     owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Whether they have sessions queued (kept with their queued count): the claim looks only at
+    # owners who wait, so everyone who ever queued something does not slow every claim down.
+    waiting: Mapped[bool]
     last_turn_at: Mapped[float]  # unix seconds when a session of theirs last started; 0: never
     joined_at: Mapped[float]     # unix seconds when they first queued a session
 
-    __table_args__ = (Index("ix_queue_turns_order", "last_turn_at", "joined_at", "owner"),)
+    __table_args__ = (Index("ix_queue_turns_order", "waiting", "last_turn_at", "joined_at", "owner"),)
 
 
 class User(db.Model):

@@ -86,12 +86,13 @@ def test_db_upgrade_on_an_empty_file_creates_the_tables_and_indexes_of_the_model
         indexes = {name: table for name, table in conn.execute(
             "select name, tbl_name from sqlite_master where type = 'index' and name not like 'sqlite_%'")}
         revision = conn.execute("select version_num from alembic_version").fetchall()
-    assert {"sessions", "steps", "artifacts", "session_counts", "alembic_version"} <= tables
+    assert {"sessions", "steps", "artifacts", "session_counts", "users", "queue_turns", "alembic_version"} <= tables
     expected = {index.name for index in ReportSession.__table__.indexes}
     assert expected == {"ix_sessions_newest", "ix_sessions_status_newest", "ix_sessions_status_updated",
-                        "ix_sessions_lease_owner"}
+                        "ix_sessions_lease_owner", "ix_sessions_owner_newest", "ix_sessions_status_owner_newest"}
     assert {name: "sessions" for name in expected}.items() <= indexes.items()
-    assert revision == [("0002",)]  # the newest revision
+    assert indexes.get("ix_queue_turns_order") == "queue_turns"
+    assert revision == [("0003",)]  # the newest revision
 
 
 def test_db_check_after_upgrade_finds_nothing_to_generate(tmp_path):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Optional
 
-from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import WRITE, insert_or_ignore, write_transaction
@@ -69,7 +69,7 @@ def _change_statement(columns: tuple[str, ...]):
 
 
 _COUNT = (update(C).where(C.c.owner == bindparam("count_owner"), C.c.status == bindparam("count_status"))
-          .values(sessions=C.c.sessions + bindparam("delta")))
+          .values(sessions=C.c.sessions + bindparam("delta")).returning(C.c.sessions))
 _ALL_COUNTS = select(C.c.status, func.sum(C.c.sessions).label("sessions")).group_by(C.c.status)
 _OWNER_COUNTS = select(C.c.status, C.c.sessions).where(C.c.owner == bindparam("owner"))
 _QUEUED_TOTAL = select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions")).where(C.c.status == "queued")
@@ -84,15 +84,16 @@ _RUNNABLE = [select(*_STATE)
              .order_by(S.c.created_at, S.c.id).limit(literal_column("1")) for status in ACTIVE]
 _PEEK = [query.with_only_columns(S.c.id) for query in _RUNNABLE]
 _TAKE_QUEUED, _TAKE_RESUMABLE = (query.with_for_update(skip_locked=True) for query in _RUNNABLE)
-# Fair turns: the owner whose last turn is oldest and who has a queued session (queued sessions hold
-# no lease), then that owner's oldest. Each walks an index and stops at its first match: the owners in
-# turn order (one probe of ix_sessions_status_owner_newest each), then one owner's queue.
+# Fair turns: the waiting owner whose last turn is oldest, then that owner's oldest queued session
+# (queued sessions hold no lease). Each walks an index and stops at its first match: the waiting
+# owners in turn order, then one owner's queue. The EXISTS only guards against a stale flag.
 _NEXT_TURN = (select(Q.c.owner)
-              .where(exists().where(S.c.status == "queued", S.c.owner == Q.c.owner))
+              .where(Q.c.waiting == true(), exists().where(S.c.status == "queued", S.c.owner == Q.c.owner))
               .order_by(Q.c.last_turn_at, Q.c.joined_at, Q.c.owner).limit(literal_column("1")))
 _TAKE_TURN = (select(*_STATE).where(S.c.status == "queued", S.c.owner == bindparam("owner"))
               .order_by(S.c.created_at, S.c.id).limit(literal_column("1")).with_for_update(skip_locked=True))
 _TURN_TAKEN = update(Q).where(Q.c.owner == bindparam("owner")).values(last_turn_at=bindparam("now"))
+_WAITING = update(Q).where(Q.c.owner == bindparam("owner")).values(waiting=bindparam("waiting"))
 _STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _INSERT_STEP = insert(T)
 _STEP_COLUMNS = ["session_id", "name", "position", "output", "started_at", "finished_at"]
@@ -151,6 +152,7 @@ class Store:
         self._next_turn = CompiledStatement(_NEXT_TURN, dialect)
         self._take_turn = CompiledStatement(_TAKE_TURN, dialect)
         self._turn_taken = CompiledStatement(_TURN_TAKEN, dialect)
+        self._waiting = CompiledStatement(_WAITING, dialect)
         self._steps = CompiledStatement(_STEPS, dialect)
         self._all_counts = CompiledStatement(_ALL_COUNTS, dialect)
         self._owner_counts = CompiledStatement(_OWNER_COUNTS, dialect)
@@ -256,11 +258,28 @@ class Store:
         return statement
 
     def _count(self, conn: Connection, deltas: dict[tuple[str, str], int]) -> None:
-        """Move the (owner, status) counts, in sorted order: two transactions never wait on each other's rows."""
+        """Move the (owner, status) counts, in sorted order: two transactions never wait on each other's rows.
+
+        An owner whose queued count leaves or reaches zero starts or stops waiting for turns.
+        """
         for (owner, status), delta in sorted(deltas.items()):
-            if delta and not self._count_move.rowcount(conn, {"count_owner": owner, "count_status": status,
-                                                              "delta": delta}):
+            if not delta:
+                continue
+            moved = self._count_move.execute(conn, {"count_owner": owner, "count_status": status,
+                                                    "delta": delta}).fetchall()
+            if moved:
+                count = moved[0][0]
+            else:
                 conn.execute(insert(C).values(owner=owner, status=status, sessions=delta))
+                count = delta
+            if status == "queued" and (count > 0) != (count - delta > 0):
+                self._set_waiting(conn, owner, count > 0)
+
+    def _set_waiting(self, conn: Connection, owner: str, waiting: bool) -> None:
+        if waiting:  # an owner new to the queue comes before everyone who has had a turn
+            conn.execute(insert_or_ignore(Q, conn.dialect)
+                         .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=self.clock()))
+        self._waiting.execute(conn, {"owner": owner, "waiting": waiting})
 
     def counts(self, owner: Optional[str] = None) -> dict[str, int]:
         """Sessions by status, of one owner or of everyone, without counting rows (a raw read, as the poll's)."""
@@ -285,11 +304,6 @@ class Store:
                                     f"REPORTS_MAX_ACTIVE_PER_USER allows. Submit again when one of them "
                                     "finishes (or cancel one).", "MAX_ACTIVE_PER_USER", 30)
 
-    @staticmethod
-    def _join_turns(conn: Connection, owner: str, now: float) -> None:
-        """Give an owner a place in the turns (before everyone who has had one) unless they have one."""
-        conn.execute(insert_or_ignore(Q, conn.dialect).values(owner=owner, last_turn_at=0.0, joined_at=now))
-
     # -- web: submit, cancel, retry, delete --------------------------------------------------
 
     def create(self, user_request: str, requirements: dict[str, Any], owner: str = NO_OWNER) -> str:
@@ -306,7 +320,6 @@ class Store:
             self._check_quota(conn, owner)
             conn.execute(insert(S).values(status_document=self.render(row, []), **row))
             self._count(conn, {(owner, "queued"): 1})
-            self._join_turns(conn, owner, self.clock())
         return session_id
 
     def cancel(self, session_id: str, scope: Optional[str] = None) -> Optional[str]:
@@ -343,7 +356,6 @@ class Store:
                 raise Conflict(f"Session '{session_id}' is {row['status']}; only failed or cancelled "
                                "sessions can be retried.")
             self._check_quota(conn, row["owner"])
-            self._join_turns(conn, row["owner"], self.clock())
             self._change(conn, row, status="queued", error=None, failed_step=None, finished_at=None,
                          cancel_requested=False, attempts=0, lease_owner=None, lease_expires_at=None)
             return "queued"
@@ -546,5 +558,4 @@ class Store:
                 self._count(conn, {(NO_OWNER, row["status"]): 1})
                 imported.append(row["id"])
                 existing.add(row["id"])
-            self._join_turns(conn, NO_OWNER, self.clock())
         return imported, skipped

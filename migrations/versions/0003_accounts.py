@@ -37,14 +37,17 @@ def upgrade():
     )
     turns = op.create_table('queue_turns',
     sa.Column('owner', sa.String(length=64), nullable=False),
+    sa.Column('waiting', sa.Boolean(), nullable=False),
     sa.Column('last_turn_at', sa.Double(), nullable=False),
     sa.Column('joined_at', sa.Double(), nullable=False),
     sa.PrimaryKeyConstraint('owner', name=op.f('pk_queue_turns'))
     )
     with op.batch_alter_table('queue_turns', schema=None) as batch_op:
-        batch_op.create_index('ix_queue_turns_order', ['last_turn_at', 'joined_at', 'owner'], unique=False)
+        batch_op.create_index('ix_queue_turns_order', ['waiting', 'last_turn_at', 'joined_at', 'owner'],
+                              unique=False)
     # Everything queued so far is no one's, which joined the queue before anyone else.
-    op.bulk_insert(turns, [{"owner": "", "last_turn_at": 0.0, "joined_at": 0.0}])
+    queued = op.get_bind().execute(sa.text("SELECT count(*) FROM sessions WHERE status = 'queued'")).scalar()
+    op.bulk_insert(turns, [{"owner": "", "waiting": bool(queued), "last_turn_at": 0.0, "joined_at": 0.0}])
 
     with op.batch_alter_table('sessions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('owner', sa.String(length=64), server_default='', nullable=False))
