@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from bench.common import ROOT, Result, cpu_count
 
 # In the order the table shows them; each is bench/<name>.py.
-BENCHMARKS = ["status_poll", "step_commit", "json_store", "executor", "peer_dbos", "listing", "cleanup",
+BENCHMARKS = ["status_poll", "step_commit", "claim", "json_store", "executor", "peer_dbos", "listing", "cleanup",
               "recovery", "memory", "report"]
 
 

@@ -65,12 +65,17 @@ def temporary_folder(prefix="bench-"):
 
 
 def migrated_app(db_path, pipeline=None, **config):
-    """create_app() on a new SQLite file, migrated with `flask db upgrade`'s code."""
+    """create_app() on a new SQLite file, migrated with `flask db upgrade`'s code.
+
+    Its store has no quotas (REPORTS_MAX_ACTIVE_PER_USER / REPORTS_MAX_QUEUED = None) unless `config`
+    sets them: benchmarks queue far more sessions than a deployment lets one client queue.
+    """
     import flask_migrate
 
     from app import create_app
 
-    settings = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}", **config}
+    settings = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}", "MAX_ACTIVE_PER_USER": None,
+                "MAX_QUEUED": None, **config}
     if pipeline is not None:
         settings["PIPELINE"] = pipeline
     app = create_app(settings)
@@ -79,28 +84,33 @@ def migrated_app(db_path, pipeline=None, **config):
     return app
 
 
-def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2")):
-    """`count` sessions through the real schema, fast: one made by the store's own code, copied in SQL.
+def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2"), owner=None):
+    """`count` sessions of `owner` (default: no one) through the real schema, fast: one made by the store's
+    own code, copied in SQL.
 
     The copies get fresh UUID4-shaped ids and creation times one second apart (newest last), so
     listing and keyset paging see realistic rows; everything else is the template's stored values,
     status document included (it names the template's id): poll sessions you made with the store.
+    The (owner, status) row of session_counts moves by `count`, and queued sessions give their
+    owner a place in queue_turns if it has none, as Store.create does.
     1,000,000 sessions take about 15 s and 1 GB.
     """
     from sqlalchemy import insert, text, update
 
-    from app.database import write_transaction
-    from app.models import ReportSession, SessionCount, utcnow
+    from app.database import insert_or_ignore, write_transaction
+    from app.models import NO_OWNER, QueueTurn, ReportSession, SessionCount, utcnow
 
+    owner = NO_OWNER if owner is None else owner
     now = utcnow()
     template = dict(id=str(uuid.uuid4()), status=status, user_request="bench", requirements={"topic": "bench"},
-                    topic="bench", current_agent=None, progress_message=None, status_fields={}, error=None,
-                    failed_step=None, created_at=now, updated_at=now,
+                    topic="bench", owner=owner, current_agent=None, progress_message=None, status_fields={},
+                    error=None, failed_step=None, created_at=now, updated_at=now,
                     finished_at=now if status in ("completed", "failed", "cancelled") else None, lease_owner=None,
                     lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
     columns = [c.name for c in ReportSession.__table__.columns if c.name not in ("id", "created_at")]
     uuid_sql = ("lower(substr(h,1,8)||'-'||substr(h,9,4)||'-4'||substr(h,14,3)||'-'||"
                 "substr('89ab', 1 + (abs(random()) % 4), 1)||substr(h,18,3)||'-'||substr(h,21,12))")
+    counts = SessionCount.__table__
     with write_transaction(store.engine) as conn:
         conn.execute(insert(ReportSession.__table__).values(
             status_document=store.render(template, list(steps)), **template))
@@ -113,8 +123,15 @@ def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2")):
                 f"{', '.join('t.' + c for c in columns)} "
                 f"FROM n, sessions AS t WHERE t.id = :template"
             ), {"copies": count - 1, "template": template["id"]})
-        conn.execute(update(SessionCount.__table__).where(SessionCount.status == status)
-                     .values(sessions=SessionCount.sessions + count))
+        # As Store._count: the (owner, status) row, made if this owner has none yet.
+        moved = conn.execute(update(counts).where(counts.c.owner == owner, counts.c.status == status)
+                             .values(sessions=counts.c.sessions + count)).rowcount
+        if not moved:
+            conn.execute(insert(counts).values(owner=owner, status=status, sessions=count))
+        if status == "queued":
+            conn.execute(insert_or_ignore(QueueTurn.__table__, conn.dialect)
+                         .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=store.clock()))
+            conn.execute(update(QueueTurn.__table__).where(QueueTurn.owner == owner).values(waiting=True))
 
 
 def rss_mb(pid: int) -> float:

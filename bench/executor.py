@@ -6,15 +6,18 @@ on PYTHONPATH). Once the server answers, a batch of SESSIONS queued sessions goe
 in one transaction (fill_sessions, status "queued"), and the clock runs from that commit until the
 session_counts table, polled every 10 ms, shows every one completed; BATCHES batches in a row on
 the same server, the median counts. (The raw loop's claim sorts the queued sessions to find the
-oldest, so its cost grows with the queue; ours walks the status index. A batch of a few hundred
-keeps that term small for the baseline.)
+oldest, so its cost grows with the queue; ours walks indexes: queue_turns in turn order, then the
+owner's queue. A batch of a few hundred keeps that term small for the baseline.) The batch is no
+one's (owner ""), so ours takes turns among one owner: the claim does its fair-turn bookkeeping
+(bench/claim.py measures that against FIFO) and runs the sessions oldest first, as the raw loop does.
 REPORTS_POLL_SECONDS=0.05 bounds how long an idle runner takes to notice the batch (with the
 default 1 s that wait alone would be a large part of the run); once busy, a runner claims again as
 soon as a session ends.
 
 Raw: one thread of pysqlite3 with the app's pragmas doing, per session, the claim (BEGIN
 IMMEDIATE, pick the oldest runnable, conditional UPDATE taking the lease and re-writing the status
-document, move session_counts, read the finished steps, COMMIT) and the 5 step commits of
+document, move the session owner's (owner, status) rows of session_counts, read the finished
+steps, COMMIT: the FIFO claim, with no turns to keep) and the 5 step commits of
 bench/step_commit.py (INSERT step + fenced UPDATE session, the last also moving session_counts),
 on a database with the same number of queued sessions. It runs no agents at all: it is the floor.
 """
@@ -51,7 +54,8 @@ def queued_database(path, sessions):
 
 
 def counts(conn) -> dict[str, int]:
-    return dict(conn.execute("SELECT status, sessions FROM session_counts").fetchall())
+    """Sessions by status, everyone's together (session_counts has a row per owner and status)."""
+    return dict(conn.execute("SELECT status, sum(sessions) FROM session_counts GROUP BY status").fetchall())
 
 
 def check_finished(conn, sessions, steps_per_session):
@@ -116,7 +120,7 @@ def server_steps_per_second(folder, workers, sessions, batches=1, name="executor
 
 # -- the floor: a raw loop ----------------------------------------------------------------
 
-RAW_PICK = ("SELECT id, status FROM sessions WHERE status IN ('queued', 'generating') "
+RAW_PICK = ("SELECT id, status, owner FROM sessions WHERE status IN ('queued', 'generating') "
             "AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY created_at LIMIT 1")
 RAW_TAKE = ("UPDATE sessions SET status = 'generating', current_agent = ?, lease_owner = ?, lease_expires_at = ?, "
             "updated_at = ?, version = version + 1, status_document = ? "
@@ -132,17 +136,17 @@ def raw_claim(conn, owner, first_step, document, lease_seconds):
         if row is None:
             conn.execute("COMMIT")
             return None
-        session_id, status = row
+        session_id, status, session_owner = row
         stamp = db_time(datetime.now(timezone.utc))
         if conn.execute(RAW_TAKE, (first_step, owner, now + lease_seconds, stamp, document, session_id,
                                    now)).rowcount != 1:
             raise RuntimeError(f"raw claim of {session_id} matched no row")
-        if status != "generating":
-            conn.execute(RAW_COUNT, (-1, status))
-            conn.execute(RAW_COUNT, (1, "generating"))
+        if status != "generating":  # the session's own (owner, status) rows, in Store._count's order
+            conn.execute(RAW_COUNT, (1, session_owner, "generating"))
+            conn.execute(RAW_COUNT, (-1, session_owner, status))
         conn.execute(RAW_STEPS, (session_id,)).fetchall()
         conn.execute("COMMIT")
-        return session_id
+        return session_id, session_owner
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -160,12 +164,14 @@ def raw_steps_per_second(folder, sessions, run=0):
         owner = "bench:raw-loop"
         started = time.perf_counter()
         while True:
-            session_id = raw_claim(conn, owner, names[0], document, lease)
-            if session_id is None:
+            claimed = raw_claim(conn, owner, names[0], document, lease)
+            if claimed is None:
                 break
+            session_id, session_owner = claimed
             for position in range(len(names)):
                 step_started = db_time(datetime.now(timezone.utc))
-                raw_commit(conn, session_id, owner, position, names, document, lease, step_started, counts=True)
+                raw_commit(conn, session_id, owner, position, names, document, lease, step_started, counts=True,
+                           session_owner=session_owner)
         elapsed = time.perf_counter() - started
         check_finished(conn, sessions, len(names))
         found = counts(conn)

@@ -71,11 +71,15 @@ RAW_FINISH = ("UPDATE sessions SET status = 'completed', current_agent = NULL, f
               "lease_expires_at = NULL, cancel_requested = 0, progress_message = NULL, updated_at = ?, "
               "version = version + 1, status_document = ? WHERE id = ? AND lease_owner = ?")
 
-RAW_COUNT = "UPDATE session_counts SET sessions = sessions + ? WHERE status = ?"
+# session_counts is keyed by (owner, status): the session's owner ("" = no one), not the lease owner.
+RAW_COUNT = "UPDATE session_counts SET sessions = sessions + ? WHERE owner = ? AND status = ?"
+NO_OWNER = ""  # app.models.NO_OWNER: the owner of sessions made without one (Store.create's default)
 
 
-def raw_commit(conn, session_id, owner, position, names, document, lease_seconds, started_at, counts=False):
-    """One raw step commit; `counts`: the last step also moves session_counts (generating -> completed)."""
+def raw_commit(conn, session_id, owner, position, names, document, lease_seconds, started_at, counts=False,
+               session_owner=NO_OWNER):
+    """One raw step commit by lease owner `owner`; `counts`: the last step also moves session_counts
+    (generating -> completed) in the rows of `session_owner`, the session's own owner."""
     now = datetime.now(timezone.utc)
     stamp = db_time(now)
     conn.execute("BEGIN IMMEDIATE")
@@ -89,8 +93,9 @@ def raw_commit(conn, session_id, owner, position, names, document, lease_seconds
         if cursor.rowcount != 1:
             raise RuntimeError(f"raw fenced update of {session_id} matched {cursor.rowcount} rows")
         if counts and position + 1 == len(names):
-            conn.execute(RAW_COUNT, (-1, "generating"))
-            conn.execute(RAW_COUNT, (1, "completed"))
+            # In Store._count's order (sorted by owner, then status): completed before generating.
+            conn.execute(RAW_COUNT, (1, session_owner, "completed"))
+            conn.execute(RAW_COUNT, (-1, session_owner, "generating"))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -170,17 +175,16 @@ class Rig:
         """Delete the round's sessions (steps cascade) and keep session_counts right (not timed).
 
         The raw side finished its sessions without moving session_counts: they were counted as
-        generating when claimed, and leave as completed.
+        generating when claimed, and leave as completed. All of them are no one's (Store.create's
+        default owner), so it is the (NO_OWNER, status) rows that move.
         """
         ids = ours_ids + raw_ids
         marks = ",".join("?" * len(ids))
         self.raw.execute("BEGIN IMMEDIATE")
         try:
             self.raw.execute(f"DELETE FROM sessions WHERE id IN ({marks})", ids)
-            self.raw.execute("UPDATE session_counts SET sessions = sessions - ? WHERE status = 'completed'",
-                             (len(ours_ids),))
-            self.raw.execute("UPDATE session_counts SET sessions = sessions - ? WHERE status = 'generating'",
-                             (len(raw_ids),))
+            self.raw.execute(RAW_COUNT, (-len(ours_ids), NO_OWNER, "completed"))
+            self.raw.execute(RAW_COUNT, (-len(raw_ids), NO_OWNER, "generating"))
             self.raw.execute("COMMIT")
         except BaseException:
             self.raw.execute("ROLLBACK")
