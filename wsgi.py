@@ -18,7 +18,8 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=5000)
     options = parser.parse_args()
     try:
-        check_not_open(app, [f"{options.host}:{options.port}"])
+        host = f"[{options.host}]" if ":" in options.host else options.host  # an IPv6 address
+        check_not_open(app, [f"{host}:{options.port}"])
         runner = start_runner(app)
     except ConfigError as exc:
         raise SystemExit(f"report-service: {exc}")

@@ -64,9 +64,11 @@ def is_loopback(address: str) -> bool:
     """Whether a bind address ("host:port", "[::1]:8000", "unix:/path", "localhost") is reachable only locally."""
     if address.startswith(("unix:", "fd://")):
         return True
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
-    host = host.strip("[]")
-    if host == "localhost":
+    if address.startswith("["):  # "[::1]:8000", or "[::1]" (gunicorn's default port)
+        host = address[1:].partition("]")[0]
+    else:
+        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -99,10 +99,10 @@ def identify_caller():
         return None
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    header = request.headers.get("Authorization")
-    if header is not None:
-        token = bearer_token(header)
-        found = users.by_token(token) if token else None
+    # Only a Bearer header names an API caller: a proxy's own Basic credentials leave the cookie to decide.
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is not None:
+        found = users.by_token(token)
         if found is None:
             return unauthorized("The token is not valid (or has been revoked).", invalid=True)
         g.caller = Caller(*found)
