@@ -88,5 +88,12 @@ API_VERSION = "1.0"
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_URL_PREFIX = "/api"
 OPENAPI_JSON_PATH = "openapi.json"
+# Once a user exists every operation needs a bearer token (or the pages' cookie); while none does, nothing.
+API_SPEC_OPTIONS = {
+    "components": {"securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "A token from `flask users create` (or `flask users token`); not needed while no user exists"}}},
+    "security": [{"bearer": []}, {}],
+}
 
 SQLALCHEMY_TRACK_MODIFICATIONS = False

@@ -15,6 +15,7 @@ import subprocess
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Optional
+from unittest.mock import ANY
 from urllib.parse import parse_qs, urlsplit
 
 import flask_migrate
@@ -357,7 +358,12 @@ def test_the_sign_in_page_the_api_description_and_the_stylesheet_need_no_sign_in
     create_user(cli, "alice")
 
     assert client.get("/sign-in").status_code == 200
-    assert client.get("/api/openapi.json").get_json()["info"]["title"] == "Report service"
+    spec = client.get("/api/openapi.json").get_json()
+    assert spec["info"]["title"] == "Report service"
+    # It tells clients how to authenticate: a bearer token, or nothing while the service is open.
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": ANY}
+    assert spec["security"] == [{"bearer": []}, {}]
     css = client.get("/assets/app.css")
     assert css.status_code == 200 and css.content_type.startswith("text/css")
 
