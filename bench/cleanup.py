@@ -42,7 +42,9 @@ def run(quick: bool) -> list[Result]:
 
     shared = million_database(quick)
     idle_seconds = 3 if quick else 8
-    limit = 30 if quick else 120  # seconds; the whole make bench must stay under 10 minutes
+    # Seconds; the whole make bench must stay under 10 minutes. 1,000,000 deletions took 66 s on a quiet
+    # machine and ~100 s on a busy one, where the two owner indexes (accounts) cost ~12% more per row.
+    limit = 30 if quick else 180
     with temporary_folder() as tmp:
         database = copy_database(shared, tmp)  # cleanup empties it: never the shared one
         app = migrated_app(database.path, pipeline=FAST)

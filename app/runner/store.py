@@ -116,11 +116,10 @@ class Conflict(Exception):
 
 
 class QuotaExceeded(Exception):
-    """Queuing one more session would pass a limit: `setting` names it, `retry_after` suggests a wait (s)."""
+    """Queuing one more session would pass a limit (the message names it); `retry_after` suggests a wait (s)."""
 
-    def __init__(self, detail: str, setting: str, retry_after: int):
+    def __init__(self, detail: str, retry_after: int):
         super().__init__(detail)
-        self.setting = setting
         self.retry_after = retry_after
 
 
@@ -296,13 +295,13 @@ class Store:
         """
         if self.max_queued is not None and self._queued_total.first(conn, {})["sessions"] >= self.max_queued:
             raise QuotaExceeded(f"The queue is full: {self.max_queued} sessions are waiting to start, the most "
-                                "REPORTS_MAX_QUEUED allows. Try again when some have started.", "MAX_QUEUED", 60)
+                                "REPORTS_MAX_QUEUED allows. Try again when some have started.", retry_after=60)
         if owner != NO_OWNER and self.max_active_per_user is not None:
             active = self._owner_active.first(conn, {"owner": owner})["sessions"]
             if active >= self.max_active_per_user:
                 raise QuotaExceeded(f"You have {active} sessions queued or running, the most "
                                     f"REPORTS_MAX_ACTIVE_PER_USER allows. Submit again when one of them "
-                                    "finishes (or cancel one).", "MAX_ACTIVE_PER_USER", 30)
+                                    "finishes (or cancel one).", retry_after=30)
 
     # -- web: submit, cancel, retry, delete --------------------------------------------------
 
@@ -312,8 +311,7 @@ class Store:
         now = utcnow()
         row = dict(id=session_id, status="queued", user_request=user_request, requirements=requirements,
                    topic=requirements["topic"], owner=owner, current_agent=None, progress_message=None,
-                   status_fields={},
-                   error=None, failed_step=None,
+                   status_fields={}, error=None, failed_step=None,
                    created_at=now, updated_at=now, finished_at=None, lease_owner=None,
                    lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
         with self._write() as conn:
