@@ -51,12 +51,13 @@ def bearer_token(header: str) -> Optional[str]:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def caller_from_environ(users: Users, environ) -> Optional[Caller]:
+def caller_from_environ(users: Users, environ, users_exist: Optional[bool] = None) -> Optional[Caller]:
     """For the fast paths: the caller when the service is open or the request has a valid bearer token.
 
     None means "let Flask decide" (a cookie, a bad token, no credentials): it answers the same way.
+    `users_exist`: whether a user existed, as read by a query the fast path made anyway.
     """
-    if not users.exist():
+    if not users.exist(known=users_exist):
         return OPEN
     token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
     found = users.by_token(token) if token else None

@@ -71,10 +71,18 @@ class Users:
 
     # -- lookups (every request) -------------------------------------------------------------
 
-    def exist(self) -> bool:
-        """Whether any user exists. Once true it stays true (users are never deleted): asked no more."""
+    def exist(self, known: Optional[bool] = None) -> bool:
+        """Whether any user exists. Once true it stays true (users are never deleted): asked no more.
+
+        `known`: the answer a query made anyway found (the status poll reads it with the session), saving one.
+        """
         if not self._exist:
-            self._exist = bool(self._any.read(self.engine, {}))
+            self._exist = bool(self._any.read(self.engine, {})) if known is None else known
+        return self._exist
+
+    @property
+    def known_to_exist(self) -> bool:
+        """True once this process has seen a user: then exist() costs nothing."""
         return self._exist
 
     def by_token(self, token: str) -> Optional[tuple[str, bool]]:

@@ -93,7 +93,7 @@ def status_response(session_id, code: int = 200) -> Response:
     found = current_app.extensions["report_status_reader"](session_id)
     if found is None or not current_caller().sees(found[2]):
         abort(404, message=not_found_detail(session_id))
-    version, document, _owner = found
+    version, document, _owner, _ = found
     response = Response(document, status=code, mimetype="application/json")
     response.set_etag(etag_for(version).strip('"'))
     response.headers["Cache-Control"] = "no-cache"

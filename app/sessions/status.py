@@ -14,25 +14,29 @@ from sqlalchemy.engine import Engine
 
 from app.accounts.auth import caller_from_environ
 from app.accounts.users import Users
-from app.models import ReportSession
+from app.models import ReportSession, User
 from app.runner.compiled import CompiledStatement
 
 PREFIX = "/api/report-status/"
 
 
 class StatusReader:
-    """Reads (version, document, owner) by primary key: this is the hottest query there is."""
+    """Reads (version, document, owner, any user exists?) by primary key: this is the hottest query there is.
+
+    Whether a user exists rides along: until one does, every poll would otherwise ask it separately.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine
         S = ReportSession.__table__
         # Plain integer and text columns: the driver's values need no conversion.
-        self._read = CompiledStatement(select(S.c.version, S.c.status_document, S.c.owner)
+        users = select(User.__table__.c.id).exists().label("users_exist")
+        self._read = CompiledStatement(select(S.c.version, S.c.status_document, S.c.owner, users)
                                        .where(S.c.id == bindparam("id")), engine.dialect)
 
-    def __call__(self, session_id: str) -> Optional[tuple[int, str, str]]:
+    def __call__(self, session_id: str) -> Optional[tuple[int, str, str, bool]]:
         rows = self._read.read(self.engine, {"id": session_id})
-        return tuple(rows[0]) if rows else None
+        return (rows[0][0], rows[0][1], rows[0][2], bool(rows[0][3])) if rows else None
 
 
 def etag_for(version: int) -> str:
@@ -59,10 +63,15 @@ class StatusFastPath:
         method = environ.get("REQUEST_METHOD")
         if path.startswith(PREFIX) and method in ("GET", "HEAD"):
             session_id = path[len(PREFIX):]
-            caller = caller_from_environ(self.users, environ)
-            found = self.read_status(session_id) if caller and session_id and "/" not in session_id else None
-            if found is not None and caller.sees(found[2]):
-                version, document, _owner = found
+            readable = session_id and "/" not in session_id
+            if self.users.known_to_exist:  # closed: only a bearer token is answered here
+                caller = caller_from_environ(self.users, environ)
+                found = self.read_status(session_id) if caller and readable else None
+            else:  # perhaps open: the read says whether a user exists by now
+                found = self.read_status(session_id) if readable else None
+                caller = caller_from_environ(self.users, environ, users_exist=found[3]) if found else None
+            if found is not None and caller is not None and caller.sees(found[2]):
+                version, document, _owner, _ = found
                 etag = etag_for(version)
                 headers = [("ETag", etag), ("Cache-Control", "no-cache")]
                 if etag_matches(environ.get("HTTP_IF_NONE_MATCH"), etag):
