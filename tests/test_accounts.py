@@ -912,6 +912,9 @@ def test_a_wrong_name_or_password_shows_the_form_again_and_signs_nobody_in(clien
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     assert "do not match an account" in html and 'name="password"' in html
+    # The name is kept and the cursor waits in the password field, which names the error for screen readers.
+    [password_field] = re.findall(r'<input[^>]*\bname="password"[^>]*>', html)
+    assert "autofocus" in password_field and 'aria-describedby="sign-in-error"' in password_field
     assert_unauthorized(client.get("/api/sessions"), invalid=False)
     assert client.get("/").status_code == 302
 
