@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -48,6 +48,22 @@ def query(db_path, sql: str, params=()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """The handler of a stand-in web site: reply() sends one whole answer, and nothing is logged."""
+
+    def reply(self, body: bytes, content_type: str, status: int = 200, headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from matplotlib.axes import Axes
+from servers import StandIn
 
 from app.pipeline import Context, StepOutput, analyst, api_research
 from app.pipeline.analyst import MAX_CHART_SERIES, MAX_TABLE_SERIES, Analyst
@@ -67,18 +68,11 @@ class HangServer:
             self.open -= 1
 
 
-class Site(http.server.BaseHTTPRequestHandler):
+class Site(StandIn):
     def do_GET(self):
         content_type, body = self.server.routes.get(self.path, ("text/plain", b""))
         self.server.requested.append(self.path)
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.reply(body, content_type, 200 if body else 404)
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ import io
 import re
 import zlib
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import quote
 
 import pytest
 from conftest import finished, wait_for
 from markdown_it import MarkdownIt  # a CommonMark renderer, as a Markdown viewer would read report.md
 from pypdf import PdfReader
-from servers import serving
+from servers import StandIn, serving
 
 from app.pipeline import Context
 from app.pipeline.publisher import Publisher, render_pdf, safe_link, sanitised_html
@@ -229,21 +228,14 @@ def test_the_sanitiser_keeps_only_its_allow_list_whatever_html_reaches_it():
     assert "alert" not in clean and "style=" not in clean and "note" not in clean
 
 
-class Recorder(BaseHTTPRequestHandler):
+class Recorder(StandIn):
     """Answers everything with a tiny PNG and remembers the paths it was asked for."""
 
     hits: list = []
 
     def do_GET(self):
         Recorder.hits.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(PNG)))
-        self.end_headers()
-        self.wfile.write(PNG)
-
-    def log_message(self, *args):
-        pass
+        self.reply(PNG, "image/png")
 
 
 @pytest.fixture
@@ -289,7 +281,7 @@ year,Tidal power [z](&#106;avascript:alert(5))
 """
 
 
-class HostileSite(BaseHTTPRequestHandler):
+class HostileSite(StandIn):
     """A page and a table carrying live links and remote images; records every path it is asked for."""
 
     hits: list = []
@@ -299,15 +291,7 @@ class HostileSite(BaseHTTPRequestHandler):
         site = f"http://127.0.0.1:{self.server.server_address[1]}"
         pages = {"/page.html": ("text/html; charset=utf-8", PAGE), "/tidal.csv": ("text/csv", CSV)}
         content_type, text = pages.get(self.path, ("image/png", ""))
-        data = text.replace("{site}", site).encode() if text else PNG
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.reply(text.replace("{site}", site).encode() if text else PNG, content_type)
 
 
 @pytest.fixture

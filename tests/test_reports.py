@@ -2,12 +2,11 @@
 import io
 import json
 import re
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from conftest import finished, wait_for
 from pypdf import PdfReader
-from servers import serving
+from servers import StandIn, serving
 
 from app.runner import start_runner
 
@@ -100,7 +99,7 @@ ARTICLE = """<html><head><title>Electric cars in the city</title></head><body>
 DATA = "year,Buses\n2020,10\n2021,20\n2022,35\n2023,50\n"
 
 
-class LocalSite(BaseHTTPRequestHandler):
+class LocalSite(StandIn):
     """A page, a CSV, a broken page, and an OpenAI-compatible chat endpoint that records what it was sent."""
 
     prompts: list = []
@@ -108,8 +107,9 @@ class LocalSite(BaseHTTPRequestHandler):
     def do_GET(self):
         pages = {"/article.html": ("text/html", ARTICLE), "/buses.csv": ("text/csv", DATA)}
         if self.path not in pages:
-            return self._send(500, "text/plain", "broken")
-        self._send(200, *pages[self.path])
+            return self.reply(b"broken", "text/plain", 500)
+        content_type, text = pages[self.path]
+        self.reply(text.encode(), content_type)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -117,21 +117,10 @@ class LocalSite(BaseHTTPRequestHandler):
         numbers = re.findall(r"^\[(\d+)\]", body["messages"][-1]["content"], re.M) or ["1"]
         # A cited sentence, then one that cites nothing: the writer must not publish the second.
         answer = f"The model summarised the passages for this section [{numbers[0]}]. An uncited model claim."
-        self._send(200, "application/json", json.dumps({
+        self.reply(json.dumps({
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": answer}}]}))
-
-    def _send(self, code, content_type, text):
-        data = text.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+                         "message": {"role": "assistant", "content": answer}}]}).encode(), "application/json")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from datetime import datetime
 
 import pytest
 from conftest import wait_for
+from servers import StandIn
 
 from app.pipeline import web
 from app.pipeline.web import FetchRefused, Fetched, address_problem, extract_document, fetch
@@ -97,11 +98,8 @@ def gzip_bomb():
     return gzip.compress(b"\0" * 20_000_000)  # about 20 KB on the wire
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(StandIn):
     protocol_version = "HTTP/1.0"  # the body ends when the connection does, as for a plain stream
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         state = self.server.state
@@ -110,15 +108,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.route(state, self.path)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client hung up, which is what several tests want it to do
-
-    def reply(self, body, content_type, status=200, headers=()):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def redirect(self, location, status=302):
         self.reply(b"", "text/plain", status, [("Location", location)])
