@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from flask import current_app, g, jsonify, redirect, request, url_for
+from flask import current_app, g, redirect, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import UserMixin, current_user
+from flask_smorest import abort
 
 from app.accounts.users import Account, Users
 from app.extensions import csrf
@@ -117,12 +118,10 @@ def identify_caller():
 
 
 def unauthorized(detail: str, invalid: bool = False):
+    """401 in the API's one error shape (app/errors.py), with its challenge; the pages go to sign in."""
     if request.path.startswith("/api"):
         challenge = f'Bearer realm="{REALM}"' + (', error="invalid_token"' if invalid else "")
-        response = jsonify(detail=detail)
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = challenge
-        return response
+        abort(401, message=detail, headers={"WWW-Authenticate": challenge})
     target = request.full_path.rstrip("?") if request.method == "GET" else None
     return redirect(url_for("web.sign_in", next=target))
 
