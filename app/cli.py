@@ -5,6 +5,7 @@ The CLI acts as the operator: it sees every session, whoever owns it.
 import json
 import sys
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import click
@@ -154,6 +155,15 @@ def _users():
     return current_app.extensions["report_users"]
 
 
+@contextmanager
+def _refusals():
+    """An account operation's refusal (no such user, a bad name...) as click's one-line error and exit 1."""
+    try:
+        yield
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _read_password(from_stdin: bool, optional: bool) -> str | None:
     """The password from stdin, or asked for on a terminal; never a prompt without one."""
     if from_stdin:
@@ -175,10 +185,8 @@ def _read_password(from_stdin: bool, optional: bool) -> str | None:
 def create_user(name, admin, password_stdin):
     """Create a user and print their API token (shown this once; only its hash is kept)."""
     password = _read_password(password_stdin, optional=True)
-    try:
+    with _refusals():
         token = _users().create(name, is_admin=admin, password=password)
-    except AccountError as exc:
-        raise click.ClickException(str(exc))
     kind = "admin" if admin else "user"
     sign_in = "may sign in to the pages" if password else "has no password for the pages (`flask users password`)"
     click.echo(f"Created {kind} '{name}', who {sign_in}. The API token, shown only now:")
@@ -204,10 +212,8 @@ def revoke_user(name):
 
     Their sessions are kept (an admin still sees them); `flask users token NAME` lets them back in.
     """
-    try:
+    with _refusals():
         _users().revoke(name)
-    except AccountError as exc:
-        raise click.ClickException(str(exc))
     click.echo(f"Revoked '{name}': their token and sign-ins no longer work.")
 
 
@@ -215,10 +221,8 @@ def revoke_user(name):
 @click.argument("name")
 def new_token(name):
     """Issue a new API token (the old one stops working); this also lifts a revocation."""
-    try:
+    with _refusals():
         token = _users().issue_token(name)
-    except AccountError as exc:
-        raise click.ClickException(str(exc))
     click.echo(f"New API token for '{name}', shown only now (the old one no longer works):")
     click.echo(f"token: {token}")
 
@@ -229,8 +233,6 @@ def new_token(name):
 def set_password(name, password_stdin):
     """Set a user's password for the pages; their current page sign-ins end."""
     password = _read_password(password_stdin, optional=False)
-    try:
+    with _refusals():
         _users().set_password(name, password or "")
-    except AccountError as exc:
-        raise click.ClickException(str(exc))
     click.echo(f"Password set for '{name}'.")

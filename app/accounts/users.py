@@ -94,26 +94,26 @@ class Users:
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
     def get(self, name: str) -> Optional[Account]:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(U).where(U.c.name == name)).first()
+        row = self._row(U.c.name == name)
         return _account(row) if row is not None else None
 
     def by_id(self, user_id: int) -> Optional[Account]:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(U).where(U.c.id == user_id)).first()
+        row = self._row(U.c.id == user_id)
         return _account(row) if row is not None else None
 
     def check_sign_in(self, name: str, password: str) -> Optional[Account]:
         """The active account with this name and password, else None (in about the same time either way)."""
-        row = None
-        if _NAME.fullmatch(name or ""):
-            with self.engine.connect() as conn:
-                row = conn.execute(select(U).where(U.c.name == name)).first()
+        row = self._row(U.c.name == name) if _NAME.fullmatch(name or "") else None
         stored = row.password_hash if row is not None else None
         matches = check_password_hash(stored or _DUMMY_HASH, password or "")
         if stored is None or not matches or row.revoked_at is not None:
             return None
         return _account(row)
+
+    def _row(self, condition):
+        """The users row matching `condition` (password hash included), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(U).where(condition)).first()
 
     def all(self) -> list[Account]:
         with self.engine.connect() as conn:
