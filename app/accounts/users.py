@@ -9,6 +9,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime
 from typing import Optional
 
@@ -26,8 +27,6 @@ U = User.__table__
 _NAME = re.compile(NAME_PATTERN)
 # ASVS 2.1: at least 12 characters, long passphrases welcome, no rules about character classes.
 MIN_PASSWORD, MAX_PASSWORD = 12, 1024
-# Checked against when the name is unknown, so a wrong name takes as long as a wrong password.
-_DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 
 
 class AccountError(Exception):
@@ -52,6 +51,16 @@ def token_hash(token: str) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+@cache
+def _dummy_hash() -> str:
+    """Checked against when the name is unknown, so a wrong name takes as long as a wrong password.
+
+    Made at the first sign-in, not at import: an scrypt hash costs ~0.1 s, and every worker and
+    CLI command imports this module.
+    """
+    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 def check_password_rules(password: str) -> None:
@@ -105,7 +114,7 @@ class Users:
         """The active account with this name and password, else None (in about the same time either way)."""
         row = self._row(U.c.name == name) if _NAME.fullmatch(name or "") else None
         stored = row.password_hash if row is not None else None
-        matches = check_password_hash(stored or _DUMMY_HASH, password or "")
+        matches = check_password_hash(stored or _dummy_hash(), password or "")
         if stored is None or not matches or row.revoked_at is not None:
             return None
         return _account(row)
