@@ -35,11 +35,12 @@ class CompiledStatement:
         self.bind_processors = [(name, processor) for name, processor in
                                 ((name, bind.type.dialect_impl(dialect).bind_processor(dialect))
                                  for bind, name in compiled.bind_names.items()) if processor is not None]
-        columns = list(statement.selected_columns) if getattr(statement, "is_select", False) else []
-        self.keys = [column.key for column in columns]
-        self.result_processors = [(column.key, processor) for column, processor in
-                                  ((column, column.type.dialect_impl(dialect).result_processor(dialect, None))
-                                   for column in columns) if processor is not None]
+        self.dialect = dialect
+        self.columns = list(statement.selected_columns) if getattr(statement, "is_select", False) else []
+        self.keys = [column.key for column in self.columns]
+        # Made at the first execution: a type's result processor may depend on the driver's type code
+        # of the column (PostgreSQL's Float converts numeric results but passes float8 through).
+        self.result_processors: Optional[list] = None
 
     def execute(self, conn: Connection, params: dict[str, Any]):
         """Run on the connection's own DB-API connection, inside its current transaction; returns the cursor."""
@@ -55,7 +56,14 @@ class CompiledStatement:
             values[name] = process(values[name])
         cursor = dbapi_connection.cursor()
         cursor.execute(self.sql, self.arguments(values))
+        if self.result_processors is None and self.columns and cursor.description:
+            self.result_processors = self._result_processors(cursor.description)
         return cursor
+
+    def _result_processors(self, description) -> list:
+        made = ((column.key, column.type.dialect_impl(self.dialect).result_processor(self.dialect, field[1]))
+                for column, field in zip(self.columns, description))
+        return [(key, processor) for key, processor in made if processor is not None]
 
     def read(self, engine: Engine, params: dict[str, Any]) -> list[tuple]:
         """The driver's rows, unconverted, read on a raw pool connection outside any transaction.
@@ -81,13 +89,13 @@ class CompiledStatement:
     def mapping(self, row) -> dict[str, Any]:
         """A driver row as {column key: value converted by the column's type}."""
         mapping = dict(zip(self.keys, row))
-        for key, process in self.result_processors:
+        for key, process in self.result_processors or ():
             mapping[key] = process(mapping[key])
         return mapping
 
     def scalars(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
-        process = dict(self.result_processors).get(self.keys[0])
         values = [row[0] for row in self.execute(conn, params).fetchall()]
+        process = dict(self.result_processors or ()).get(self.keys[0])
         return [process(value) for value in values] if process else values
 
     def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
