@@ -283,16 +283,47 @@ def test_stop_hands_every_lease_back(app, client, monkeypatch):
 # -- owners ---------------------------------------------------------------------------------
 
 def test_owner_ids_prove_a_dead_local_process_and_never_a_live_or_remote_one():
+    host, space, _pid, _start, nonce = process_owner_id().rsplit(":", 4)
     assert owner_is_dead(dead_owner())
     assert not owner_is_dead(process_owner_id())  # this very process
-    assert not owner_is_dead(f"some-other-host:{os.getpid()}:1:abcd")
+    # Another machine (another kernel boot), with the same host name and a pid that is free here.
+    assert not owner_is_dead(f"{host}:0b0e1d00-0000-4000-8000-000000000000/4026531836:{2**22 + 7}:1:{nonce}")
+    assert not owner_is_dead(f"{host}:-:{2**22 + 7}:1:{nonce}")  # a system that cannot say which
     assert not owner_is_dead("not-an-owner-id")
 
 
 def test_a_reused_pid_does_not_make_a_dead_owner_look_alive():
-    host, pid, _start, nonce = process_owner_id().rsplit(":", 3)
+    host, space, _pid, _start, nonce = process_owner_id().rsplit(":", 4)
     parent = os.getppid()
-    assert owner_is_dead(f"{host}:{parent}:1:{nonce}")  # the parent is alive, but started at another time
+    assert owner_is_dead(f"{host}:{space}:{parent}:1:{nonce}")  # the parent is alive, but started at another time
+
+
+def in_own_pid_namespace(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run python code as a container would: same host name and kernel, its own process ids."""
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, *args],
+                          capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+needs_unshare = pytest.mark.skipif(
+    subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0,
+    reason="unshare --pid is not permitted here (needs root or user namespaces)")
+
+
+@needs_unshare
+def test_processes_in_two_pid_namespaces_never_take_each_other_for_dead():
+    """Same host name, same kernel: pids are still not comparable, so neither side may prove the other dead."""
+    theirs = in_own_pid_namespace("from app.runner.executor import process_owner_id; print(process_owner_id())")
+    assert theirs.returncode == 0, theirs.stderr
+    their_owner = theirs.stdout.strip()
+    assert their_owner.split(":")[0] == process_owner_id().split(":")[0]  # the same host name
+    assert not owner_is_dead(their_owner)  # it has exited, but its pid means nothing here
+
+    # Our pid does not exist in their namespace, which a host-name check would have taken for death.
+    ours = process_owner_id()
+    verdict = in_own_pid_namespace("import sys; from app.runner.executor import owner_is_dead; "
+                                   "print(owner_is_dead(sys.argv[1]))", ours)
+    assert verdict.returncode == 0, verdict.stderr
+    assert verdict.stdout.strip() == "False"
 
 
 def test_status_document_renders_every_field_as_json(store):

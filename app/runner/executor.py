@@ -1,9 +1,10 @@
-"""The background runner: one per server process, created after fork.
+"""The background runner: one per server or worker process, created after fork.
 
 A loop thread claims runnable sessions while the thread pool has room, renews this process's
-leases every third of their lifetime, and expires the leases of processes on this host that are
-provably dead, so their sessions resume at once instead of after the lease runs out. Each claimed
-session runs in a pool thread, one step after another, committing after each step.
+leases every third of their lifetime, and expires the leases of processes that are provably dead
+(same kernel boot, same pid namespace, pid gone), so their sessions resume at once instead of
+after the lease runs out. Each claimed session runs in a pool thread, one step after another,
+committing after each step.
 """
 import json
 import logging
@@ -40,22 +41,49 @@ def _process_start_time(pid: int) -> Optional[str]:
     return fields[19]
 
 
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def process_space() -> str:
+    """This kernel's boot id and this process's pid namespace: pids mean the same thing only within both.
+
+    Two containers on one host share a boot id but not a pid namespace (and often a host name);
+    two machines share neither. "-" where Linux does not say (then no owner is ever proven dead).
+    """
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = None
+    return f"{boot}/{namespace}" if boot and namespace else "-"
+
+
 def process_owner_id() -> str:
-    """host:pid:start-time:nonce, unique per runner, and enough to prove the owner dead later."""
+    """host:boot-id/pid-namespace:pid:start-time:nonce, unique per runner, and enough to prove the owner dead later.
+
+    The host name is only for people reading it: it proves nothing (containers share them).
+    """
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_process_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{process_space()}:{pid}:{_process_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_is_dead(owner: str) -> bool:
-    """True only when the lease owner is a process on this host that no longer runs."""
+    """True only when the lease owner provably no longer runs: a process of this kernel boot and this pid
+    namespace whose pid is gone or now belongs to a process started at another time. Anyone else (another
+    machine, another container, an id we cannot read) is left to its lease running out."""
     try:
-        host, pid_text, started, _nonce = owner.rsplit(":", 3)
+        _host, space, pid_text, started, _nonce = owner.rsplit(":", 4)
         pid = int(pid_text)
     except ValueError:
         return False
-    if host != socket.gethostname() or pid == os.getpid():
+    if space == "-" or space != process_space() or pid == os.getpid():
         return False
-    if started != "-" and os.path.exists("/proc/self/stat"):
+    if started != "-":
         return _process_start_time(pid) != started
     try:
         os.kill(pid, 0)
