@@ -1,4 +1,4 @@
-"""Database engine set-up: which SQLite library, the pragmas, and write transactions.
+"""Database engine set-up: which SQLite library, the pragmas, write transactions, and what differs by database.
 
 SQLite is reached through pysqlite3, which bundles a SQLite carrying the fix for the
 "WAL-reset" bug (3.7.0 to 3.51.2: concurrent connections could corrupt a WAL database or lose
@@ -9,8 +9,10 @@ import logging
 import warnings
 from contextlib import contextmanager
 
-from sqlalchemy import Table, event, make_url, text
+from sqlalchemy import Float, Table, event, make_url, text
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +89,48 @@ def write_transaction(engine: Engine):
             yield conn
 
 
-def insert_or_ignore(table: Table, dialect: Dialect):
-    """INSERT that does nothing when the row's key exists (ON CONFLICT DO NOTHING: SQLite and PostgreSQL)."""
+class database_now(FunctionElement):
+    """The database server's time in unix seconds: leases and turns are timed by one clock, whichever
+    host reads or writes them (hosts' clocks drift apart; the database's is the one they share)."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(database_now, "postgresql")
+def _now_postgresql(element, compiler, **kw):
+    # clock_timestamp(), not now(): a claim that waited for a lock compares leases with the time it got it.
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+@compiles(database_now, "sqlite")
+def _now_sqlite(element, compiler, **kw):
+    # julianday('now') has millisecond precision on every SQLite version (unixepoch('subsec') needs 3.42).
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+# SQLSTATEs of errors that mean "this transaction lost a race; run it again": a serialization failure,
+# a deadlock (PostgreSQL aborts one of the two transactions).
+TRANSIENT_SQLSTATES = {"40001", "40P01"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error rolled back a whole transaction that can safely run again from the start."""
+    return getattr(getattr(exc, "orig", None) or exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def upsert(table: Table, dialect: Dialect):
+    """INSERT ... ON CONFLICT for the dialect (SQLite and PostgreSQL spell it alike)."""
     if dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
+def insert_or_ignore(table: Table, dialect: Dialect):
+    """INSERT that does nothing when the row's key exists (ON CONFLICT DO NOTHING: SQLite and PostgreSQL)."""
+    return upsert(table, dialect).on_conflict_do_nothing()
 
 
 def describe(engine: Engine) -> str:

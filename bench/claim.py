@@ -73,9 +73,8 @@ def fifo_claim(store, runner):
     """
     from app.runner.store import Claim
 
-    now = store.clock()
     with store._write() as conn:
-        found = [take.first(conn, {"now": now}) for take in (store._take_queued, store._take_resumable)]
+        found = [take.first(conn, {}) for take in (store._take_queued, store._take_resumable)]
         found = [row for row in found if row is not None]
         if not found:
             return None
@@ -88,7 +87,7 @@ def fifo_claim(store, runner):
         if attempts > store.max_attempts or row["cancel_requested"] or not pending:
             raise RuntimeError(f"FIFO claim found session {row['id']} to fail, cancel or complete: not a fresh one")
         store._change(conn, row, completed, status="generating", current_agent=pending[0], attempts=attempts,
-                      lease_owner=runner, lease_expires_at=now + store.lease_seconds)
+                      lease_owner=runner, lease_expires_at=row["db_now"] + store.lease_seconds)
         return Claim(row["id"], runner, row["user_request"], row["requirements"],
                      {name: output for name, output in steps}, resumed)
 
@@ -116,7 +115,7 @@ def queued_database(path, queued, owners, idle=0):
     turns = raw.execute("SELECT owner, last_turn_at FROM queue_turns ORDER BY joined_at, owner").fetchall()
     if [o for o, _ in turns if o in names] != names or any(t for o, t in turns if o in names):
         raise RuntimeError(f"queue_turns is not what Store.create would have made: {turns[:5]}...")
-    day_ago = store.clock() - 86_400
+    day_ago = time.time() - 86_400
     raw.execute("BEGIN IMMEDIATE")
     raw.executemany("INSERT INTO queue_turns (owner, waiting, last_turn_at, joined_at) VALUES (?, 0, ?, ?)",
                     [(f"idle{i:05d}", day_ago + i * 0.001, day_ago - 3600 + i * 0.001) for i in range(idle)])

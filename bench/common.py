@@ -130,7 +130,7 @@ def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2"), ow
             conn.execute(insert(counts).values(owner=owner, status=status, sessions=count))
         if status == "queued":
             conn.execute(insert_or_ignore(QueueTurn.__table__, conn.dialect)
-                         .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=store.clock()))
+                         .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=time.time()))
             conn.execute(update(QueueTurn.__table__).where(QueueTurn.owner == owner).values(waiting=True))
 
 

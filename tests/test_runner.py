@@ -393,8 +393,11 @@ def test_compiled_statements_read_and_write_what_sqlalchemy_does(app, store, cli
     with app.app_context(), db.engine.connect() as conn:
         expected = dict(conn.execute(_ROW, {"session_id": session_id}).mappings().first())
         found = CompiledStatement(_ROW, db.engine.dialect).first(conn, {"session_id": session_id})
+        found_now = found["db_now"]
         step = db.session.execute(select(Step).filter_by(session_id=session_id)).scalar_one()
 
+    # The database's clock, read twice a moment apart; on this machine it agrees with ours.
+    assert abs(found.pop("db_now") - expected.pop("db_now")) < 5 and abs(found_now - time.time()) < 5
     assert found == expected
     assert found["requirements"] == SUBMISSION["requirements"] and found["created_at"].tzinfo is not None
     assert found["cancel_requested"] is False and found["lease_owner"] == "w"

@@ -20,7 +20,10 @@ The invariants, in one place:
   another owner's session is treated exactly as a missing one.
 """
 import enum
+import functools
 import json
+import logging
+import random
 import threading
 import time
 import uuid
@@ -28,15 +31,17 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
-from app.database import WRITE, insert_or_ignore, write_transaction
+from app.database import WRITE, database_now, insert_or_ignore, is_transient, upsert, write_transaction
 from app.models import (ACTIVE, FINISHED, NO_OWNER, STATUSES, Artifact, QueueTurn, ReportSession, SessionCount, Step,
                         iso, utcnow)
 from app.runner.compiled import CompiledStatement
+
+log = logging.getLogger(__name__)
 
 S = ReportSession.__table__
 T = Step.__table__
@@ -48,7 +53,10 @@ Q = QueueTurn.__table__
 # more than running it (a step commit went from ~850 us to a fraction of that).
 # A session's state: every column but those only readers want (the document, its version, the topic).
 _STATE = [column for column in S.c if column.key not in ("status_document", "topic", "version")]
-_ROW = select(*_STATE).where(S.c.id == bindparam("session_id")).with_for_update()
+# Leases and turns are timed by the database's clock, read with the row they apply to.
+_NOW = database_now()
+_STATE_NOW = [*_STATE, _NOW.label("db_now")]
+_ROW = select(*_STATE_NOW).where(S.c.id == bindparam("session_id")).with_for_update()
 _COMPLETED = select(T.c.name).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _MUTABLE = {"status", "current_agent", "progress_message", "status_fields", "error", "failed_step", "updated_at",
             "finished_at", "lease_owner", "lease_expires_at", "attempts", "cancel_requested"}
@@ -68,8 +76,16 @@ def _change_statement(columns: tuple[str, ...]):
                     **{c: bindparam(f"new_{c}", type_=S.c[c].type) for c in columns}))
 
 
-_COUNT = (update(C).where(C.c.owner == bindparam("count_owner"), C.c.status == bindparam("count_status"))
-          .values(sessions=C.c.sessions + bindparam("delta")).returning(C.c.sessions))
+def _count_statement(dialect):
+    """Add `delta` to an (owner, status) count, making the row if it is the first: one statement, so two
+    transactions that both make an owner's first row cannot both insert it (PostgreSQL would refuse one)."""
+    insert_count = upsert(C, dialect).values(owner=bindparam("count_owner"), status=bindparam("count_status"),
+                                             sessions=bindparam("delta"))
+    return (insert_count.on_conflict_do_update(index_elements=[C.c.owner, C.c.status],
+                                               set_={"sessions": C.c.sessions + insert_count.excluded.sessions})
+            .returning(C.c.sessions))
+
+
 _ALL_COUNTS = select(C.c.status, func.sum(C.c.sessions).label("sessions")).group_by(C.c.status)
 _OWNER_COUNTS = select(C.c.status, C.c.sessions).where(C.c.owner == bindparam("owner"))
 _QUEUED_TOTAL = select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions")).where(C.c.status == "queued")
@@ -79,8 +95,8 @@ _OWNER_ACTIVE = (select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions
 # an expired lease. One query per status, so each walks ix_sessions_status_newest in order and stops
 # at the first match; a single `status IN (...)` query sorted every active row (3.5 ms at 5,000).
 # LIMIT 1 is written into the SQL: SQLite runs these ~4 us slower with the limit as a parameter.
-_RUNNABLE = [select(*_STATE)
-             .where(S.c.status == status, or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < bindparam("now")))
+_RUNNABLE = [select(*_STATE_NOW)
+             .where(S.c.status == status, or_(S.c.lease_owner.is_(None), S.c.lease_expires_at < _NOW))
              .order_by(S.c.created_at, S.c.id).limit(literal_column("1")) for status in ACTIVE]
 _PEEK = [query.with_only_columns(S.c.id) for query in _RUNNABLE]
 _TAKE_QUEUED, _TAKE_RESUMABLE = (query.with_for_update(skip_locked=True) for query in _RUNNABLE)
@@ -90,14 +106,39 @@ _TAKE_QUEUED, _TAKE_RESUMABLE = (query.with_for_update(skip_locked=True) for que
 _NEXT_TURN = (select(Q.c.owner)
               .where(Q.c.waiting == true(), exists().where(S.c.status == "queued", S.c.owner == Q.c.owner))
               .order_by(Q.c.last_turn_at, Q.c.joined_at, Q.c.owner).limit(literal_column("1")))
-_TAKE_TURN = (select(*_STATE).where(S.c.status == "queued", S.c.owner == bindparam("owner"))
+_TAKE_TURN = (select(*_STATE_NOW).where(S.c.status == "queued", S.c.owner == bindparam("owner"))
               .order_by(S.c.created_at, S.c.id).limit(literal_column("1")).with_for_update(skip_locked=True))
-_TURN_TAKEN = update(Q).where(Q.c.owner == bindparam("owner")).values(last_turn_at=bindparam("now"))
+_TURN_TAKEN = update(Q).where(Q.c.owner == bindparam("owner")).values(last_turn_at=_NOW)
 _WAITING = update(Q).where(Q.c.owner == bindparam("owner")).values(waiting=bindparam("waiting"))
 _STEPS = select(T.c.name, T.c.output).where(T.c.session_id == bindparam("session_id")).order_by(T.c.position, T.c.id)
 _INSERT_STEP = insert(T)
 _STEP_COLUMNS = ["session_id", "name", "position", "output", "started_at", "finished_at"]
 _INSERT_ARTIFACT = insert(A)
+# PostgreSQL: submits and retries queue one at a time (a transaction-scoped advisory lock), so two of
+# them cannot both take the last place a quota leaves; SQLite's write lock already does that.
+_QUOTA_LOCK = select(func.pg_advisory_xact_lock(literal_column("7142025")))
+# PostgreSQL: the channel idle runners LISTEN on; a transaction that makes work NOTIFYs it at commit.
+WAKE_CHANNEL = "report_sessions"
+TRANSIENT_RETRIES = 5
+
+
+def retried(method):
+    """Run a store operation again when the database aborted its transaction in a race (a deadlock or a
+    serialization failure on PostgreSQL): the rollback undid all of it, so running it again is safe."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc) or attempt == TRANSIENT_RETRIES - 1:
+                    raise
+                log.info("%s lost a race in the database (%s); running it again", method.__name__,
+                         type(getattr(exc, "orig", None) or exc).__name__)
+                time.sleep(random.uniform(0, 0.01 * 2 ** attempt))  # apart, so they do not collide again
+
+    return run
 
 
 # One encoder for every document: json.dumps with any option builds a new encoder per call.
@@ -136,14 +177,13 @@ class Claim:
 
 class Store:
     def __init__(self, engine: Engine, step_names: list[str], lease_seconds: float, max_attempts: int,
-                 clock: Callable[[], float] = time.time, max_active_per_user: Optional[int] = None,
-                 max_queued: Optional[int] = None):
+                 max_active_per_user: Optional[int] = None, max_queued: Optional[int] = None):
         self.engine = engine
         dialect = engine.dialect
         self._row = CompiledStatement(_ROW, dialect)
         self._completed_names = CompiledStatement(_COMPLETED, dialect)
         self._changes: dict[tuple[str, ...], CompiledStatement] = {}  # by the columns a change sets
-        self._count_move = CompiledStatement(_COUNT, dialect)
+        self._count_move = CompiledStatement(_count_statement(dialect), dialect)
         self._insert_step = CompiledStatement(_INSERT_STEP, dialect, column_keys=_STEP_COLUMNS)
         self._peek = [CompiledStatement(query, dialect) for query in _PEEK]
         self._take_queued = CompiledStatement(_TAKE_QUEUED, dialect)
@@ -162,7 +202,7 @@ class Store:
         self.max_attempts = max_attempts
         self.max_active_per_user = max_active_per_user
         self.max_queued = max_queued
-        self.clock = clock
+        self._postgresql = dialect.name == "postgresql"
         self._pinned = threading.local()
         self._found_work = False  # the last claim took a session: look no more before the next
 
@@ -264,20 +304,15 @@ class Store:
         for (owner, status), delta in sorted(deltas.items()):
             if not delta:
                 continue
-            moved = self._count_move.execute(conn, {"count_owner": owner, "count_status": status,
-                                                    "delta": delta}).fetchall()
-            if moved:
-                count = moved[0][0]
-            else:
-                conn.execute(insert(C).values(owner=owner, status=status, sessions=delta))
-                count = delta
+            count = self._count_move.execute(conn, {"count_owner": owner, "count_status": status,
+                                                    "delta": delta}).fetchone()[0]
             if status == "queued" and (count > 0) != (count - delta > 0):
                 self._set_waiting(conn, owner, count > 0)
 
     def _set_waiting(self, conn: Connection, owner: str, waiting: bool) -> None:
         if waiting:  # an owner new to the queue comes before everyone who has had a turn
             conn.execute(insert_or_ignore(Q, conn.dialect)
-                         .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=self.clock()))
+                         .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=_NOW))
         self._waiting.execute(conn, {"owner": owner, "waiting": waiting})
 
     def counts(self, owner: Optional[str] = None) -> dict[str, int]:
@@ -288,8 +323,19 @@ class Store:
             found = dict(self._owner_counts.read(self.engine, {"owner": owner}))
         return {status: int(found.get(status) or 0) for status in STATUSES}
 
+    def _queue_in_turn(self, conn: Connection) -> None:
+        """Take the submit lock (PostgreSQL) before reading the counts a quota check compares: only submits and
+        retries raise the counts it checks, so with them in line the counts read are exact until commit."""
+        if self._postgresql:
+            conn.execute(_QUOTA_LOCK)
+
+    def _announce_work(self, conn: Connection) -> None:
+        """Wake idle runners everywhere once this transaction commits (PostgreSQL NOTIFY; SQLite: in-process only)."""
+        if self._postgresql:
+            conn.exec_driver_sql(f"NOTIFY {WAKE_CHANNEL}")
+
     def _check_quota(self, conn: Connection, owner: str) -> None:
-        """Raise QuotaExceeded if one more queued session of `owner` would pass a limit.
+        """Raise QuotaExceeded if one more queued session of `owner` would pass a limit (call _queue_in_turn first).
 
         "No one" (the service while it has no users) has no per-user limit: it is everyone.
         """
@@ -305,6 +351,7 @@ class Store:
 
     # -- web: submit, cancel, retry, delete --------------------------------------------------
 
+    @retried
     def create(self, user_request: str, requirements: dict[str, Any], owner: str = NO_OWNER) -> str:
         """Queue a new session of `owner`; QuotaExceeded (and nothing written) past a limit."""
         session_id = str(uuid.uuid4())
@@ -315,11 +362,14 @@ class Store:
                    created_at=now, updated_at=now, finished_at=None, lease_owner=None,
                    lease_expires_at=None, attempts=0, cancel_requested=False, version=1)
         with self._write() as conn:
+            self._queue_in_turn(conn)
             self._check_quota(conn, owner)
             conn.execute(insert(S).values(status_document=self.render(row, []), **row))
             self._count(conn, {(owner, "queued"): 1})
+            self._announce_work(conn)
         return session_id
 
+    @retried
     def cancel(self, session_id: str, scope: Optional[str] = None) -> Optional[str]:
         """Cancel now if nobody is running the session, else at its next step boundary.
 
@@ -333,7 +383,7 @@ class Store:
                 return "cancelled"
             if row["status"] in FINISHED:
                 raise Conflict(f"Session '{session_id}' is {row['status']}; there is nothing to cancel.")
-            running = row["lease_owner"] is not None and row["lease_expires_at"] > self.clock()
+            running = row["lease_owner"] is not None and row["lease_expires_at"] > row["db_now"]
             if running:
                 self._change(conn, row, cancel_requested=True)
                 return row["status"]
@@ -341,12 +391,14 @@ class Store:
                          lease_owner=None, lease_expires_at=None)
             return "cancelled"
 
+    @retried
     def retry(self, session_id: str, scope: Optional[str] = None) -> Optional[str]:
         """Send a failed or cancelled session back to the queue; it resumes at its first unfinished step.
 
         It counts against its owner's quota as a new submission would (QuotaExceeded).
         """
         with self._write() as conn:
+            self._queue_in_turn(conn)
             row = self._locked_row(conn, session_id)
             if row is None or (scope is not None and row["owner"] != scope):
                 return None
@@ -356,8 +408,10 @@ class Store:
             self._check_quota(conn, row["owner"])
             self._change(conn, row, status="queued", error=None, failed_step=None, finished_at=None,
                          cancel_requested=False, attempts=0, lease_owner=None, lease_expires_at=None)
+            self._announce_work(conn)
             return "queued"
 
+    @retried
     def delete(self, session_id: str, scope: Optional[str] = None) -> bool:
         """Remove a session and its steps. A process still running it finds its lease gone and stops."""
         stmt = delete(S).where(S.c.id == session_id)
@@ -371,19 +425,19 @@ class Store:
 
     # -- runner: claim, commit, heartbeat, release --------------------------------------------
 
+    @retried
     def claim(self, owner: str) -> Optional[Claim]:
         """Take a runnable session: one to resume (handed back, or its lease expired), else the next turn's."""
         while True:
-            now = self.clock()
             # Look before taking the write lock: an idle process asks every second, and most of the
             # time there is nothing to claim. While claims keep finding work, go straight to the take.
             if not self._found_work:
                 with self.engine.connect() as conn:
-                    if all(peek.first(conn, {"now": now}) is None for peek in self._peek):
+                    if all(peek.first(conn, {}) is None for peek in self._peek):
                         return None
             with self._write() as conn:
                 # Sessions already under way first: they had their turn when they started.
-                row = self._take_resumable.first(conn, {"now": now}) or self._take_next_turn(conn, now)
+                row = self._take_resumable.first(conn, {}) or self._take_next_turn(conn)
                 self._found_work = row is not None
                 if row is None:
                     return None  # another process was quicker, or the queue ran dry
@@ -406,19 +460,20 @@ class Store:
                                  cancel_requested=False, lease_owner=None, lease_expires_at=None)
                     continue
                 self._change(conn, row, completed, status="generating", current_agent=pending[0],
-                             attempts=attempts, lease_owner=owner, lease_expires_at=now + self.lease_seconds)
+                             attempts=attempts, lease_owner=owner, lease_expires_at=row["db_now"] + self.lease_seconds)
                 if row["status"] == "queued":
-                    self._turn_taken.execute(conn, {"owner": row["owner"], "now": now})
+                    self._turn_taken.execute(conn, {"owner": row["owner"]})
                 return Claim(row["id"], owner, row["user_request"], row["requirements"],
                              {name: output for name, output in steps}, resumed)
 
-    def _take_next_turn(self, conn: Connection, now: float):
+    def _take_next_turn(self, conn: Connection):
         """The oldest queued session of the owner whose turn it is, locked; None if nothing is queued."""
         turn = self._next_turn.first(conn, {})
         row = self._take_turn.first(conn, {"owner": turn["owner"]}) if turn is not None else None
         # Queued sessions whose owner has no turn row (inserted by hand) still run, oldest first.
-        return row or self._take_queued.first(conn, {"now": now})
+        return row or self._take_queued.first(conn, {})
 
+    @retried
     def commit_step(self, claim: Claim, name: str, output: Any, started_at: datetime,
                     artifacts: Optional[dict[str, tuple[str, bytes]]] = None,
                     status_fields: Optional[dict[str, Any]] = None) -> StepResult:
@@ -450,7 +505,7 @@ class Store:
                               lease_expires_at=None, cancel_requested=False)
                 result = StepResult.CANCELLED
             else:
-                values = dict(current_agent=pending[0], lease_expires_at=self.clock() + self.lease_seconds)
+                values = dict(current_agent=pending[0], lease_expires_at=row["db_now"] + self.lease_seconds)
                 result = StepResult.CONTINUE
             values["progress_message"] = None
             if status_fields:
@@ -461,6 +516,7 @@ class Store:
         claim.outputs[name] = output
         return result
 
+    @retried
     def progress(self, claim: Claim, message: str) -> bool:
         """Show the running step's latest progress message (if the claim still holds the session)."""
         with self._write() as conn:
@@ -476,6 +532,7 @@ class Store:
                                  .where(A.c.session_id == session_id, A.c.name == name)).first()
         return (found[0], found[1]) if found else None
 
+    @retried
     def fail(self, claim: Claim, step: str, error: str) -> bool:
         """An agent raised: the session fails with the step and the reason (if the claim still holds it)."""
         with self._write() as conn:
@@ -487,30 +544,39 @@ class Store:
                                 finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
                                 cancel_requested=False, progress_message=None)
 
+    @retried
     def heartbeat(self, owner: str) -> int:
         """Extend every lease this process holds; returns how many it still holds."""
         with self._write() as conn:
             return conn.execute(update(S).where(S.c.lease_owner == owner, S.c.status == "generating")
-                                .values(lease_expires_at=self.clock() + self.lease_seconds)).rowcount
+                                .values(lease_expires_at=_NOW + self.lease_seconds)).rowcount
 
+    @retried
     def release(self, owner: str, session_id: Optional[str] = None) -> int:
         """Hand leases back (all of this process's, or one session's) so another process resumes at once."""
         stmt = update(S).where(S.c.lease_owner == owner)
         if session_id is not None:
             stmt = stmt.where(S.c.id == session_id)
         with self._write() as conn:
-            return conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
+            released = conn.execute(stmt.values(lease_owner=None, lease_expires_at=None)).rowcount
+            if released:
+                self._announce_work(conn)
+            return released
 
     def lease_owners(self) -> list[str]:
         with self.engine.connect() as conn:
             return list(conn.execute(select(S.c.lease_owner).where(S.c.lease_owner.is_not(None)).distinct())
                         .scalars())
 
+    @retried
     def expire_leases_of(self, owner: str) -> int:
         """Mark a dead process's leases expired, so the next claim resumes its sessions now."""
         with self._write() as conn:
-            return conn.execute(update(S).where(S.c.lease_owner == owner, S.c.lease_expires_at > 0)
-                                .values(lease_expires_at=0)).rowcount
+            expired = conn.execute(update(S).where(S.c.lease_owner == owner, S.c.lease_expires_at > 0)
+                                   .values(lease_expires_at=0)).rowcount
+            if expired:
+                self._announce_work(conn)
+            return expired
 
     # -- operators: cleanup and import -------------------------------------------------------
 
@@ -523,19 +589,27 @@ class Store:
                 return conn.execute(select(func.count()).select_from(S).where(*old)).scalar_one()
         removed = 0
         while True:
-            with self._write() as conn:
-                ids = conn.execute(select(S.c.id).where(*old).limit(batch_size).with_for_update(skip_locked=True)
-                                   ).scalars().all()
-                if ids:
-                    # By id alone: the rows are locked (or the write lock held) since the select, and adding
-                    # the age condition made SQLite walk the whole status index for every batch.
-                    rows = conn.execute(delete(S).where(S.c.id.in_(ids)).returning(S.c.owner, S.c.status)).all()
-                    gone = Counter((row.owner, row.status) for row in rows)
-                    self._count(conn, {key: -n for key, n in gone.items()})
-                    removed += sum(gone.values())
-            if len(ids) < batch_size:
+            batch, found = self._remove_old(old, batch_size)
+            removed += batch
+            if found < batch_size:
                 return removed
 
+    @retried
+    def _remove_old(self, old, batch_size: int) -> tuple[int, int]:
+        """One batch of cleanup in one transaction: (sessions removed, old sessions found)."""
+        with self._write() as conn:
+            ids = conn.execute(select(S.c.id).where(*old).limit(batch_size).with_for_update(skip_locked=True)
+                               ).scalars().all()
+            if not ids:
+                return 0, 0
+            # By id alone: the rows are locked (or the write lock held) since the select, and adding
+            # the age condition made SQLite walk the whole status index for every batch.
+            rows = conn.execute(delete(S).where(S.c.id.in_(ids)).returning(S.c.owner, S.c.status)).all()
+            gone = Counter((row.owner, row.status) for row in rows)
+            self._count(conn, {key: -n for key, n in gone.items()})
+            return sum(gone.values()), len(ids)
+
+    @retried
     def import_sessions(self, sessions: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         """Insert sessions unless their id exists, in one transaction; returns (imported, skipped) ids.
 
