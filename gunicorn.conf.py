@@ -38,7 +38,8 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Each worker runs sessions in its own thread pool, created here, after the fork."""
+    """Each worker runs sessions in its own thread pool, created here, after the fork (none with
+    REPORTS_RUNNER_THREADS=0: a web server that leaves sessions to `flask worker` processes)."""
     from app.runner import start_runner
 
     start_runner(worker.wsgi)

@@ -27,4 +27,5 @@ if __name__ == "__main__":
         # No reloader: it would run the app (and a second runner) in a child process.
         app.run(host=options.host, port=options.port, use_reloader=False, threaded=True)
     finally:
-        runner.stop()
+        if runner is not None:
+            runner.stop()

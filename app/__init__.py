@@ -148,9 +148,11 @@ def register_error_handlers(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     from app.cli import sessions_cli, users_cli
+    from app.worker import worker_command
 
     app.cli.add_command(sessions_cli)
     app.cli.add_command(users_cli)
+    app.cli.add_command(worker_command)
 
 
 def register_middleware(app: Flask) -> None:

@@ -40,11 +40,13 @@ LLM_MODEL = None
 LLM_TIMEOUT = 30.0
 LLM_MAX_RETRIES = 2
 
-# Background runner, one per server process.
-RUNNER_THREADS = 4          # sessions a process runs at once
+# Background runner, one per server or `flask worker` process.
+RUNNER_THREADS = 4          # sessions a process runs at once; 0: none (a web server beside `flask worker`s)
 LEASE_SECONDS = 15          # a claim lasts this long unless renewed (heartbeat every third of it)
 MAX_ATTEMPTS = 10           # resumes after a lost lease before a session is failed
-POLL_SECONDS = 1.0          # how often an idle process looks for queued or orphaned sessions
+# How often an idle process looks for queued or orphaned sessions. New work also wakes runners at
+# once: the submitting process's own, and on PostgreSQL every runner (LISTEN/NOTIFY).
+POLL_SECONDS = 0.5
 STOP_TIMEOUT = 20           # on SIGTERM, wait this long for running steps before leaving them to recovery
 
 # SQLite: how long a writer waits for the lock before giving up (milliseconds).

@@ -1,5 +1,6 @@
 """The durable-execution core: the store (every execution-state write) and the per-process runner."""
 import logging
+from typing import Optional
 
 from flask import Flask
 
@@ -15,11 +16,17 @@ def get_store(app: Flask) -> Store:
     return app.extensions["report_store"]
 
 
-def start_runner(app: Flask) -> Runner:
-    """Start this process's runner. Call it after fork (gunicorn's post_worker_init), never at import."""
+def start_runner(app: Flask) -> Optional[Runner]:
+    """Start this process's runner. Call it after fork (gunicorn's post_worker_init), never at import.
+
+    None when REPORTS_RUNNER_THREADS is 0: a web server that leaves sessions to `flask worker` processes.
+    """
     from app.startup import check_ready
 
     check_ready(app)
+    if app.config["RUNNER_THREADS"] < 1:
+        log.info("no runner in this process (REPORTS_RUNNER_THREADS=0): sessions run in `flask worker` processes")
+        return None
     runner = Runner(get_store(app), app.extensions["report_pipeline"], agent_settings(app),
                     threads=app.config["RUNNER_THREADS"], poll_seconds=app.config["POLL_SECONDS"],
                     stop_timeout=app.config["STOP_TIMEOUT"])

@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 from app.models import utcnow
 from app.pipeline import Agent, Context, StepOutput
-from app.runner.store import Claim, StepResult, Store
+from app.runner.store import WAKE_CHANNEL, Claim, StepResult, Store
+from app.runner.wakeups import WorkListener
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,17 @@ class Runner:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._loop_thread = threading.Thread(target=self._loop, name="report-runner-loop", daemon=True)
+        # PostgreSQL tells every runner at once when work arrives; SQLite's runners share one machine and poll.
+        self._listener = (WorkListener(store.engine, WAKE_CHANNEL, self.wake, self._stopping)
+                          if store.engine.dialect.name == "postgresql" else None)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> "Runner":
         log.info("runner %s: %d threads, lease %ss, pipeline %s", self.owner, self.threads,
                  self.store.lease_seconds, [a.name for a in self.agents])
+        if self._listener is not None:
+            self._listener.start()
         self._loop_thread.start()
         return self
 
@@ -123,8 +129,11 @@ class Runner:
         """Look for work now (a session was just submitted or retried here)."""
         self._wake.set()
 
-    def stop(self, timeout: Optional[float] = None) -> None:
-        """Stop taking work, let running steps finish (bounded), and hand every lease back."""
+    def stop(self, timeout: Optional[float] = None) -> int:
+        """Stop taking work, let running steps finish (bounded), and hand every lease back.
+
+        Returns how many sessions were still mid-step when the time ran out (their leases are kept).
+        """
         timeout = self.stop_timeout if timeout is None else timeout
         self._stopping.set()
         self._wake.set()
@@ -134,6 +143,8 @@ class Runner:
                 self._idle.wait(deadline - time.monotonic())
             still_running = set(self._running)
         self._loop_thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1)
+        if self._listener is not None:
+            self._listener.join(timeout=2)
         if still_running:
             # Their steps are still going: leave those leases to expire (or to the dead-owner check
             # once this process exits) rather than let another process start the same step now.
@@ -143,6 +154,7 @@ class Runner:
             released = self._safely(self.store.release, self.owner) or 0
             log.info("runner %s stopped; handed back %d leases", self.owner, released)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return len(still_running)
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -1,0 +1,51 @@
+"""`flask --app wsgi worker`: a process that runs sessions and serves no HTTP.
+
+Web servers (gunicorn, REPORTS_RUNNER_THREADS=0) and workers then scale and deploy apart, on one
+machine or many sharing a PostgreSQL database. A worker stops as a gunicorn worker does: on
+SIGTERM (or Ctrl-C) it takes no new session, lets running steps finish for up to
+REPORTS_STOP_TIMEOUT seconds, and hands every lease back so another process resumes at once.
+"""
+import logging
+import os
+import signal
+import threading
+
+import click
+from flask import current_app
+
+from app.runner import start_runner
+from app.startup import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@click.command("worker")
+def worker_command():
+    """Run report sessions (REPORTS_RUNNER_THREADS at a time) until SIGTERM or Ctrl-C; serve no HTTP."""
+    app = current_app._get_current_object()
+    if app.config["RUNNER_THREADS"] < 1:
+        raise click.ClickException("REPORTS_RUNNER_THREADS is 0, so this worker would run nothing: set it to the "
+                                   "number of sessions the worker may run at once")
+    stop = threading.Event()
+    signals = []
+
+    def request_stop(signum, _frame):
+        signals.append(signum)
+        if len(signals) > 1:  # a second signal: the operator will not wait for running steps
+            log.warning("worker %d: second signal; leaving running sessions to recovery", os.getpid())
+            os._exit(1)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+    try:
+        runner = start_runner(app)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    # In slices, so the signal handler (which runs in this thread) is never kept waiting.
+    while not stop.wait(1.0):
+        pass
+    log.info("worker %d: %s received; finishing running steps", os.getpid(), signal.Signals(signals[0]).name)
+    if runner.stop():
+        # Mid-step still: exit anyway; the dead-owner check (or the lease running out) hands them on.
+        os._exit(1)
