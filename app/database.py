@@ -6,6 +6,7 @@ commits). Debian's libsqlite3, which Python's own sqlite3 links here, still has 
 falling back to it is logged loudly at start-up.
 """
 import logging
+import time
 import warnings
 from contextlib import contextmanager
 
@@ -70,6 +71,7 @@ def configure_engine(engine: Engine, busy_timeout_ms: int) -> None:
         # (not a process crash) can roll back the last few commits, never corrupt the database.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        dbapi_connection.create_function("report_now", 0, time.time)  # database_now() on SQLite
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection):
@@ -105,8 +107,10 @@ def _now_postgresql(element, compiler, **kw):
 
 @compiles(database_now, "sqlite")
 def _now_sqlite(element, compiler, **kw):
-    # julianday('now') has millisecond precision on every SQLite version (unixepoch('subsec') needs 3.42).
-    return "((julianday('now') - 2440587.5) * 86400.0)"
+    # A SQLite database is a file on this machine, so its clock is this machine's: report_now() is
+    # time.time(), registered on every connection. SQLite's own 'now' has only millisecond
+    # resolution, which ties the turns of claims made within one millisecond.
+    return "report_now()"
 
 
 # SQLSTATEs of errors that mean "this transaction lost a race; run it again": a serialization failure,
