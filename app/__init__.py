@@ -20,11 +20,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     configure_logging(app)
     register_extensions(app)
     register_pipeline(app)
+    register_reads(app)
     register_accounts(app)
     register_blueprints(app)
     register_request_checks(app)
     register_error_handlers(app)
     register_commands(app)
+    register_fast_paths(app)
     register_middleware(app)
     return app
 
@@ -99,6 +101,15 @@ def register_pipeline(app: Flask) -> None:
                                            max_queued=app.config["MAX_QUEUED"])
 
 
+def register_reads(app: Flask) -> None:
+    """Every read of execution state (app/runner/reads.py), for the views, the fast paths and the CLI."""
+    from app.extensions import db
+    from app.runner.reads import Reads
+
+    with app.app_context():
+        app.extensions["report_reads"] = Reads(db.engine)
+
+
 def register_accounts(app: Flask) -> None:
     """Users, the pages' sign-in cookie (Flask-Login), and who is signed in for the templates."""
     from flask import g
@@ -118,17 +129,11 @@ def register_blueprints(app: Flask) -> None:
     from app.extensions import api
     from app.reports.routes import blp as reports_blp
     from app.sessions.routes import blp as sessions_blp
-    from app.extensions import db
-    from app.sessions.listing import SessionPages
-    from app.sessions.status import StatusReader
     from app.web.routes import bp as web_bp
 
     api.register_blueprint(reports_blp)
     api.register_blueprint(sessions_blp)
     app.register_blueprint(web_bp)
-    with app.app_context():
-        app.extensions["report_status_reader"] = StatusReader(db.engine)
-        app.extensions["report_session_pages"] = SessionPages(db.engine)
 
 
 def register_request_checks(app: Flask) -> None:
@@ -155,22 +160,27 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(worker_command)
 
 
-def register_middleware(app: Flask) -> None:
-    """WSGI layers around Flask, innermost first; ResponseGuard must stay outermost."""
-    from app.models import STATUSES
-    from app.schemas import LIMITS
-    from app.security import ResponseGuard
+def register_fast_paths(app: Flask) -> None:
+    """WSGI front doors to Reads that answer the commonest requests before Flask dispatches.
+
+    The status poll is the one request every open page repeats every second or two, and most of its
+    cost would otherwise be the framework's; the sessions page and operators' scripts list often too.
+    Both answer only callers they can name without Flask (open service, bearer token) and, for the
+    listing, arguments its schema accepts; the Flask views answer everything else, the same way.
+    """
+    from app.schemas import SessionListArgsSchema
     from app.sessions.listing import ListingFastPath
     from app.sessions.status import StatusFastPath
 
-    # The status poll is answered before Flask dispatches: it is the one request every open page
-    # repeats every second or two, and most of its cost would otherwise be the framework's.
-    # Both answer only callers they can name without Flask (open service, bearer token); Flask does the rest.
-    users = app.extensions["report_users"]
-    app.wsgi_app = StatusFastPath(app.wsgi_app, app.extensions["report_status_reader"], users)
-    # The sessions page and operators' scripts list often too; same idea, valid requests only.
-    app.wsgi_app = ListingFastPath(app.wsgi_app, app.extensions["report_session_pages"],
-                                   app.extensions["report_store"], users, STATUSES,
-                                   app.config["SESSIONS_PAGE_SIZE"], LIMITS["page_size"][1])
+    reads, users = app.extensions["report_reads"], app.extensions["report_users"]
+    app.wsgi_app = StatusFastPath(app.wsgi_app, reads, users)
+    app.wsgi_app = ListingFastPath(app.wsgi_app, reads, users, SessionListArgsSchema(),
+                                   app.config["SESSIONS_PAGE_SIZE"])
+
+
+def register_middleware(app: Flask) -> None:
+    """WSGI layers around Flask and the fast paths; ResponseGuard must stay outermost."""
+    from app.security import ResponseGuard
+
     # Host check and security headers for every answer, the fast paths' included.
     app.wsgi_app = ResponseGuard(app.wsgi_app, app.config["TRUSTED_HOSTS"])

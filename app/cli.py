@@ -11,12 +11,10 @@ from datetime import datetime, timezone
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from sqlalchemy import select
 
 from app.accounts.users import MIN_PASSWORD, AccountError
-from app.extensions import db
-from app.models import ReportSession
-from app.runner import get_store
+from app.models import STATUSES
+from app.runner import get_reads, get_store
 
 sessions_cli = AppGroup("sessions", help="Inspect and maintain report sessions.")
 users_cli = AppGroup("users", help="Manage accounts. While none exists the service is open to anyone who reaches it; "
@@ -44,19 +42,15 @@ def cleanup(days, dry_run):
 
 
 @sessions_cli.command("list")
-@click.option("--status", type=click.Choice(["queued", "generating", "completed", "failed", "cancelled"]))
+@click.option("--status", type=click.Choice(STATUSES))
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def list_sessions(status, limit):
     """List sessions, newest first."""
-    S = ReportSession
-    query = (select(S.id, S.status, S.current_agent, S.created_at, S.owner, S.topic)
-             .order_by(S.created_at.desc()).limit(limit))
-    if status:
-        query = query.where(S.status == status)
-    rows = db.session.execute(query).all()
+    rows = get_reads(current_app).page(limit, status).sessions
     for row in rows:
-        click.echo(f"{row.id}  {row.status:<10}  {row.created_at:%Y-%m-%d %H:%M}  "
-                   f"{row.current_agent or '-':<16}  {row.owner or '-':<12}  {row.topic}")
+        started_at = datetime.fromisoformat(row["started_at"])
+        click.echo(f"{row['session_id']}  {row['status']:<10}  {started_at:%Y-%m-%d %H:%M}  "
+                   f"{row['current_agent'] or '-':<16}  {row['owner'] or '-':<12}  {row['topic']}")
     click.echo(f"{len(rows)} session{'s' if len(rows) != 1 else ''} shown.")
 
 
@@ -64,10 +58,10 @@ def list_sessions(status, limit):
 @click.argument("session_id")
 def show(session_id):
     """Print a session's status document as JSON."""
-    found = current_app.extensions["report_status_reader"](session_id)
+    found = get_reads(current_app).status(session_id)
     if found is None:
         raise click.ClickException(f"Session '{session_id}' not found.")
-    click.echo(json.dumps(json.loads(found[1]), indent=2))
+    click.echo(json.dumps(json.loads(found.document), indent=2))
 
 
 @sessions_cli.command("import-json")

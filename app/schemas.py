@@ -1,13 +1,16 @@
 """marshmallow schemas: what requests must look like, and the shapes responses take.
 
 The same schemas validate requests and generate the OpenAPI document (flask-smorest), so the
-published contract cannot drift from the code. Unknown fields are rejected (marshmallow's RAISE).
+published contract cannot drift from the code. Unknown fields of a body are rejected (marshmallow's
+RAISE); unknown query arguments are ignored (webargs' default). Also here: the listing cursor's format.
 """
+import re
+from datetime import datetime, timedelta, timezone
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from app.models import NAME_PATTERN, STATUSES, iso
-from app.sessions.listing import CURSOR_PATTERN
+from app.models import NAME_PATTERN, STATUSES
 
 COMPLEXITIES = ("simple", "moderate", "complex")
 # A NUL cannot be stored as text by every database; saying so in the schema tells clients too.
@@ -103,31 +106,68 @@ class StatusSchema(ma.Schema):
     review = fields.Dict(allow_none=True, metadata={"description": "added by the reviewer step: its findings"})
 
 
+# "<created_at in microseconds since 1970>.<session id>": every string the pattern admits is a
+# valid position (the keyset comparison needs no existing row), so the OpenAPI document can say
+# exactly which cursors are accepted. Sixteen digits reach the year 2286.
+CURSOR_PATTERN = r"^[0-9]{1,16}\.[!-~]{1,64}$"
+_CURSOR_FORMAT = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def encode_cursor(created_at: datetime, session_id: str) -> str:
+    return f"{(created_at - _EPOCH) // timedelta(microseconds=1)}.{session_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) of the last session of the previous page; ValueError if it is not a cursor."""
+    if not _CURSOR_FORMAT.fullmatch(cursor):
+        raise ValueError("not a cursor")
+    micros, _, session_id = cursor.partition(".")
+    return _EPOCH + timedelta(microseconds=int(micros)), session_id
+
+
+class Cursor(fields.String):
+    """A listing position as encode_cursor writes it; loads as (created_at, id), and "" as None (the first page)."""
+
+    default_error_messages = {"cursor": "Invalid cursor."}
+
+    def __init__(self, **kwargs):
+        # The pattern, for the OpenAPI document; loading checks it whole (a Regexp validator's `$`
+        # would also pass a trailing newline, which decode_cursor refuses).
+        metadata = {"pattern": f"{CURSOR_PATTERN}|^$"} | kwargs.pop("metadata", {})
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text:
+            return None
+        try:
+            return decode_cursor(text)
+        except ValueError:
+            raise self.make_error("cursor") from None
+
+
 class SessionListArgsSchema(ma.Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
     limit = fields.Integer(validate=validate.Range(*LIMITS["page_size"]),
                            metadata={"description": "page size (default 50)"})
-    cursor = fields.String(validate=validate.Regexp(f"{CURSOR_PATTERN}|^$", error="Invalid cursor."),
-                           metadata={"description": "next_cursor of the previous page (empty: the first page)"})
+    cursor = Cursor(metadata={"description": "next_cursor of the previous page (empty: the first page)"})
     owner = fields.String(validate=validate.Regexp(f"{NAME_PATTERN}|^$", error="Not a user name."),
                           metadata={"description": "admins: only this user's sessions (empty: those no one owns); "
                                                    "anyone else sees only their own"})
 
 
-class UTCTime(fields.DateTime):
-    def _serialize(self, value, attr, obj, **kwargs):
-        return iso(value)
-
-
 class SessionSummarySchema(ma.Schema):
-    session_id = fields.String(attribute="id")
+    """A session as listed (Reads.page builds these; the listing is never dumped through this schema)."""
+
+    session_id = fields.String()
     status = fields.String()
     topic = fields.String()
     owner = fields.String(allow_none=True, metadata={"description": "who submitted it; null: no one (made "
                                                                     "before accounts, or while the service was open)"})
     current_agent = fields.String(allow_none=True)
-    started_at = UTCTime(attribute="created_at")
-    updated_at = UTCTime()
+    started_at = fields.String(metadata={"format": "date-time"})
+    updated_at = fields.String(metadata={"format": "date-time"})
 
 
 class SessionListSchema(ma.Schema):

@@ -1,7 +1,10 @@
 """Text helpers shared by the agents: sentences, word counts, repeated statements, and BM25 ranking (SQLite FTS5)."""
 import re
 
-from app.database import sqlite_dbapi
+try:  # the SQLite the service bundles (see app/database.py), so ranking is the same wherever it runs
+    from pysqlite3 import dbapi2 as sqlite
+except ImportError:  # pragma: no cover - only on platforms without a pysqlite3 wheel
+    import sqlite3 as sqlite
 
 # A sentence ends at . ! or ? followed by a space and a capital or digit; "e.g." and decimals survive.
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<=[.!?])\s+(?=[A-Z0-9\"(])")
@@ -30,7 +33,7 @@ def match_query(text: str) -> str:
 
 def open_index(path: str = ":memory:"):
     """A SQLite connection with an FTS5 table `texts(body)`, porter-stemmed ("vehicles" finds "vehicle")."""
-    conn = sqlite_dbapi().connect(path, check_same_thread=False)
+    conn = sqlite.connect(path, check_same_thread=False)
     conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(body, tokenize='porter unicode61')")
     return conn
 

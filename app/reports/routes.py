@@ -4,9 +4,9 @@ from flask_smorest import abort
 from werkzeug.utils import secure_filename
 
 from app.accounts.auth import current_caller
-from app.extensions import Blueprint, db
-from app.models import ReportSession, Step
-from app.runner import get_store
+from app.extensions import Blueprint
+from app.runner import get_reads, get_store
+from app.runner.reads import SessionOverview
 from app.runner.store import QuotaExceeded
 from app.schemas import ReportSchema, SubmitRequestSchema, SubmitResponseSchema
 
@@ -49,11 +49,9 @@ def submit_requirements(payload):
 def get_report(session_id):
     """The finished report: the output of the pipeline's last step, with download and chart URLs."""
     completed_session(session_id)
-    last = last_step(session_id)
-    if last is None:
+    report = get_reads(current_app).report(session_id)
+    if report is None:
         abort(404, message=f"Session '{session_id}' has no stored report (imported from the old JSON store).")
-    report = {"session_id": session_id}
-    report |= last.output if isinstance(last.output, dict) else {"report": last.output}
     if isinstance(report.get("files"), dict):
         report["downloads"] = {kind: url_for("reports.download_report", session_id=session_id, kind=kind)
                                for kind in report["files"]}
@@ -95,7 +93,8 @@ def download_report(session_id, kind):
 def get_chart(session_id, name):
     """A chart of the report, at a stable URL: only the files the report lists as its charts."""
     completed_session(session_id)
-    found = get_store(current_app).artifact(session_id, name) if name in chart_names(session_id) else None
+    reads = get_reads(current_app)
+    found = reads.artifact(session_id, name) if name in chart_names(reads.report(session_id)) else None
     if found is None or found[0] not in CHART_TYPES:
         abort(404, message=f"Session '{session_id}' has no chart '{name}'.")
     response = Response(found[1], content_type=found[0], headers={"Content-Security-Policy": CHART_POLICY})
@@ -107,25 +106,18 @@ def refuse_over_quota(exc: QuotaExceeded):
     abort(429, message=str(exc), headers={"Retry-After": str(exc.retry_after)})
 
 
-def completed_session(session_id) -> ReportSession:
-    session = db.session.get(ReportSession, session_id)
-    if session is None or not current_caller().sees(session.owner):
+def completed_session(session_id) -> SessionOverview:
+    session = get_reads(current_app).session(session_id, scope=current_caller().scope)
+    if session is None:
         abort(404, message=not_found_detail(session_id))
     if session.status != "completed":
         abort(409, message=f"Session '{session_id}' is {session.status}; the report is ready when it is completed.")
     return session
 
 
-def last_step(session_id) -> Step | None:
-    """The pipeline's last finished step: its output is the report."""
-    return db.session.execute(db.select(Step).where(Step.session_id == session_id)
-                              .order_by(Step.position.desc(), Step.id.desc()).limit(1)).scalar_one_or_none()
-
-
-def chart_names(session_id) -> set[str]:
-    """The files the report (the last step's output) lists as its charts: each chart's png and svg."""
-    last = last_step(session_id)
-    charts = last.output.get("charts") if last is not None and isinstance(last.output, dict) else None
+def chart_names(report: dict | None) -> set[str]:
+    """The files the report (Reads.report) lists as its charts: each chart's png and svg."""
+    charts = report.get("charts") if report is not None else None
     if not isinstance(charts, list):  # a custom pipeline's report may list none
         return set()
     return {chart[kind] for chart in charts if isinstance(chart, dict)
@@ -133,7 +125,7 @@ def chart_names(session_id) -> set[str]:
 
 
 def stored_file(session_id, name):
-    found = get_store(current_app).artifact(session_id, name)
+    found = get_reads(current_app).artifact(session_id, name)
     if found is None:
         abort(404, message=f"Session '{session_id}' has no file '{name}'.")
     return found
@@ -141,5 +133,5 @@ def stored_file(session_id, name):
 
 def not_found_detail(session_id: str) -> str:
     """The seed's 404 detail; it counts only the sessions the caller can see."""
-    total = sum(get_store(current_app).counts(current_caller().scope).values())
+    total = sum(get_reads(current_app).counts(current_caller().scope).values())
     return f"Session '{session_id}' not found. Available sessions: {total}"

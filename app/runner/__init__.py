@@ -1,19 +1,24 @@
-"""The durable-execution core: the store (every execution-state write) and the per-process runner."""
+"""The durable-execution core: the store (every execution-state write), its reads, and the per-process runner."""
 import logging
 from typing import Optional
 
 from flask import Flask
 
 from app.runner.executor import Runner
+from app.runner.reads import Reads
 from app.runner.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Runner", "Store", "start_runner", "get_store"]
+__all__ = ["Reads", "Runner", "Store", "start_runner", "get_reads", "get_store"]
 
 
 def get_store(app: Flask) -> Store:
     return app.extensions["report_store"]
+
+
+def get_reads(app: Flask) -> Reads:
+    return app.extensions["report_reads"]
 
 
 def start_runner(app: Flask) -> Optional[Runner]:
@@ -27,7 +32,7 @@ def start_runner(app: Flask) -> Optional[Runner]:
     if app.config["RUNNER_THREADS"] < 1:
         log.info("no runner in this process (REPORTS_RUNNER_THREADS=0): sessions run in `flask worker` processes")
         return None
-    runner = Runner(get_store(app), app.extensions["report_pipeline"], agent_settings(app),
+    runner = Runner(get_store(app), get_reads(app), app.extensions["report_pipeline"], agent_settings(app),
                     threads=app.config["RUNNER_THREADS"], poll_seconds=app.config["POLL_SECONDS"],
                     stop_timeout=app.config["STOP_TIMEOUT"])
     app.extensions["report_runner"] = runner

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from app.models import utcnow
 from app.pipeline import Agent, Context, StepOutput
+from app.runner.reads import Reads
 from app.runner.store import WAKE_CHANNEL, Claim, StepResult, Store
 from app.runner.wakeups import WorkListener
 
@@ -96,9 +97,10 @@ def owner_is_dead(owner: str) -> bool:
 
 
 class Runner:
-    def __init__(self, store: Store, agents: list[Agent], settings: dict[str, Any], threads: int = 4,
+    def __init__(self, store: Store, reads: Reads, agents: list[Agent], settings: dict[str, Any], threads: int = 4,
                  poll_seconds: float = 1.0, stop_timeout: float = 20.0):
         self.store = store
+        self.reads = reads
         self.agents = agents
         self.settings = settings
         self.threads = threads
@@ -186,7 +188,7 @@ class Runner:
             self._pool.submit(self._run_session, claim)
 
     def _expire_dead_owners(self) -> None:
-        for owner in self.store.lease_owners():
+        for owner in self.reads.lease_owners():
             if owner != self.owner and owner_is_dead(owner):
                 expired = self.store.expire_leases_of(owner)
                 if expired:
@@ -206,7 +208,7 @@ class Runner:
 
     def _artifact_loader(self, session_id: str):
         def load(name: str) -> bytes:
-            found = self.store.artifact(session_id, name)
+            found = self.reads.artifact(session_id, name)
             if found is None:
                 raise KeyError(f"session {session_id} has no artifact {name!r}")
             return found[1]

@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, 
 from sqlalchemy.engine import Connection, Engine
 
 from app.database import WRITE, database_now, insert_or_ignore, is_transient, upsert, write_transaction
-from app.models import (ACTIVE, FINISHED, NO_OWNER, STATUSES, Artifact, QueueTurn, ReportSession, SessionCount, Step,
+from app.models import (ACTIVE, FINISHED, NO_OWNER, Artifact, QueueTurn, ReportSession, SessionCount, Step,
                         iso, utcnow)
 from app.runner.compiled import CompiledStatement
 
@@ -86,8 +86,6 @@ def _count_statement(dialect):
             .returning(C.c.sessions))
 
 
-_ALL_COUNTS = select(C.c.status, func.sum(C.c.sessions).label("sessions")).group_by(C.c.status)
-_OWNER_COUNTS = select(C.c.status, C.c.sessions).where(C.c.owner == bindparam("owner"))
 _QUEUED_TOTAL = select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions")).where(C.c.status == "queued")
 _OWNER_ACTIVE = (select(func.coalesce(func.sum(C.c.sessions), 0).label("sessions"))
                  .where(C.c.owner == bindparam("owner"), or_(*(C.c.status == status for status in ACTIVE))))
@@ -193,8 +191,6 @@ class Store:
         self._turn_taken = CompiledStatement(_TURN_TAKEN, dialect)
         self._waiting = CompiledStatement(_WAITING, dialect)
         self._steps = CompiledStatement(_STEPS, dialect)
-        self._all_counts = CompiledStatement(_ALL_COUNTS, dialect)
-        self._owner_counts = CompiledStatement(_OWNER_COUNTS, dialect)
         self._queued_total = CompiledStatement(_QUEUED_TOTAL, dialect)
         self._owner_active = CompiledStatement(_OWNER_ACTIVE, dialect)
         self.step_names = list(step_names)
@@ -314,14 +310,6 @@ class Store:
             conn.execute(insert_or_ignore(Q, conn.dialect)
                          .values(owner=owner, waiting=True, last_turn_at=0.0, joined_at=_NOW))
         self._waiting.execute(conn, {"owner": owner, "waiting": waiting})
-
-    def counts(self, owner: Optional[str] = None) -> dict[str, int]:
-        """Sessions by status, of one owner or of everyone, without counting rows (a raw read, as the poll's)."""
-        if owner is None:
-            found = dict(self._all_counts.read(self.engine, {}))
-        else:
-            found = dict(self._owner_counts.read(self.engine, {"owner": owner}))
-        return {status: int(found.get(status) or 0) for status in STATUSES}
 
     def _queue_in_turn(self, conn: Connection) -> None:
         """Take the submit lock (PostgreSQL) before reading the counts a quota check compares: only submits and
@@ -525,13 +513,6 @@ class Store:
                 return False
             return self._change(conn, row, list(claim.outputs), fence_owner=claim.owner, progress_message=message)
 
-    def artifact(self, session_id: str, name: str) -> Optional[tuple[str, bytes]]:
-        """(content type, data) of a file a step stored, or None."""
-        with self.engine.connect() as conn:
-            found = conn.execute(select(A.c.content_type, A.c.data)
-                                 .where(A.c.session_id == session_id, A.c.name == name)).first()
-        return (found[0], found[1]) if found else None
-
     @retried
     def fail(self, claim: Claim, step: str, error: str) -> bool:
         """An agent raised: the session fails with the step and the reason (if the claim still holds it)."""
@@ -562,11 +543,6 @@ class Store:
             if released:
                 self._announce_work(conn)
             return released
-
-    def lease_owners(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(S.c.lease_owner).where(S.c.lease_owner.is_not(None)).distinct())
-                        .scalars())
 
     @retried
     def expire_leases_of(self, owner: str) -> int:

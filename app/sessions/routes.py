@@ -5,10 +5,10 @@ from flask_smorest import abort
 from app.accounts.auth import current_caller
 from app.extensions import Blueprint
 from app.reports.routes import not_found_detail, refuse_over_quota
-from app.runner import get_store
+from app.runner import get_reads, get_store
 from app.runner.store import Conflict, QuotaExceeded
 from app.schemas import SessionListArgsSchema, SessionListSchema, StatusSchema
-from app.sessions.listing import decode_cursor, listing_document
+from app.sessions.listing import listing_document
 from app.sessions.status import etag_for
 
 blp = Blueprint("sessions", __name__, url_prefix="/api", description="Session status and management")
@@ -35,11 +35,9 @@ def list_sessions(args):
 
     Filter with ?status=, and (admins) with ?owner=NAME; ?owner= alone lists the sessions no one owns.
     """
-    # The schema admits only cursors decode_cursor reads; "?cursor=" asks for the first page.
-    cursor = decode_cursor(args["cursor"]) if args.get("cursor") else None
     limit = args.get("limit", current_app.config["SESSIONS_PAGE_SIZE"])
-    return jsonify(listing_document(current_app.extensions["report_session_pages"], get_store(current_app),
-                                    current_caller(), limit, args.get("status"), cursor, args.get("owner")))
+    return jsonify(listing_document(get_reads(current_app), current_caller(), limit, args.get("status"),
+                                    args.get("cursor"), args.get("owner")))
 
 
 @blp.delete("/sessions/<session_id>")
@@ -90,11 +88,10 @@ def _apply(operation, session_id):
 
 def status_response(session_id, code: int = 200) -> Response:
     """The stored status document, exactly as polls get it (cancel and retry answer with it too)."""
-    found = current_app.extensions["report_status_reader"](session_id)
-    if found is None or not current_caller().sees(found[2]):
+    found = get_reads(current_app).status(session_id)
+    if found is None or not current_caller().sees(found.owner):
         abort(404, message=not_found_detail(session_id))
-    version, document, _owner, _ = found
-    response = Response(document, status=code, mimetype="application/json")
-    response.set_etag(etag_for(version).strip('"'))
+    response = Response(found.document, status=code, mimetype="application/json")
+    response.set_etag(etag_for(found.version).strip('"'))
     response.headers["Cache-Control"] = "no-cache"
     return response

@@ -9,8 +9,8 @@ from flask_login import current_user, login_user, logout_user
 
 from app.accounts.auth import PageUser, current_caller, local_target
 from app.accounts.forms import SignInForm, SignOutForm
-from app.extensions import db
-from app.models import ReportSession
+from app.runner import get_reads
+from app.runner.reads import SessionOverview
 from app.schemas import COMPLEXITIES, LIMITS
 from app.security import accepts_form
 
@@ -54,15 +54,15 @@ def session_page(session_id):
 def report_page(session_id):
     """The finished report's HTML, shown in the session page's frame (the .html download is an attachment)."""
     visible_session(session_id)
-    found = current_app.extensions["report_store"].artifact(session_id, "report.html")
+    found = get_reads(current_app).artifact(session_id, "report.html")
     if found is None:
         abort(404)
     return Response(found[1], content_type=found[0], headers={"Content-Security-Policy": REPORT_POLICY})
 
 
-def visible_session(session_id) -> ReportSession:
-    found = db.session.get(ReportSession, session_id)
-    if found is None or not current_caller().sees(found.owner):
+def visible_session(session_id) -> SessionOverview:
+    found = get_reads(current_app).session(session_id, scope=current_caller().scope)
+    if found is None:
         abort(404)
     return found
 
