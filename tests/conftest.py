@@ -1,43 +1,191 @@
-"""Fixtures: an app on a freshly migrated SQLite file per test, its client and CLI runner."""
+"""Fixtures: an app on a freshly migrated database per test, its client and CLI runner.
+
+The suite runs on SQLite (the default) or, with TEST_DATABASE=postgresql, on a throwaway PostgreSQL
+cluster it starts itself (tests/postgres.py); `make test` runs it on both. Either way one database is
+migrated once per run with `flask db upgrade`'s own code, and each test gets a copy of it
+(`database`): a file copy on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL. Tests about one
+database only are marked `sqlite_only` or `postgres_only` (with the reason) and skipped on the other.
+"""
+import itertools
 import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from sqlalchemy import create_engine, inspect, make_url
+from sqlalchemy.engine import Inspector
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # "agents:First" resolves in this process, as in the servers tests start
 
+import postgres  # noqa: E402
+from servers import query  # noqa: E402
+
 from app import create_app  # noqa: E402
+from app.database import engine_options, sqlite_dbapi  # noqa: E402
 from app.extensions import db  # noqa: E402
+
+DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite")
+# Markers that keep a test to one database, and the database each one keeps it to.
+ONLY_ON = {"sqlite_only": "sqlite", "postgres_only": "postgresql"}
+
+
+def pytest_configure(config):
+    if TEST_DATABASE not in DATABASES:
+        raise pytest.UsageError(f"TEST_DATABASE={TEST_DATABASE!r}: use one of {', '.join(DATABASES)}")
+
+
+def database_in_use() -> str:
+    if TEST_DATABASE == "sqlite":
+        dbapi = sqlite_dbapi()
+        return f"SQLite {dbapi.sqlite_version} via {dbapi.__name__} (TEST_DATABASE=postgresql for PostgreSQL)"
+    return (f"{postgres.version() or 'PostgreSQL (not installed: run make postgres)'}, "
+            "a throwaway cluster started for this run (TEST_DATABASE=postgresql)")
+
+
+def pytest_report_header(config):
+    return f"database: {database_in_use()}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Again at the end (and under -q, which hides the header): `make test` prints two runs' results.
+    terminalreporter.write_line(f"database: {database_in_use()}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name, database in ONLY_ON.items():
+            marker = item.get_closest_marker(name)
+            if marker and database != TEST_DATABASE:
+                reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "")
+                item.add_marker(pytest.mark.skip(reason=f"{DATABASES[database]} only: {reason}"))
+
+
+# -- databases ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Database:
+    """One database of the run: its SQLAlchemy URL, and a way to look into it."""
+    url: str
+
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql"."""
+        return make_url(self.url).get_backend_name()
+
+    @property
+    def name(self) -> str:
+        """The database's name on PostgreSQL, its file's path on SQLite."""
+        return make_url(self.url).database
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        """Rows of one statement (`?` placeholders), committed; see servers.query."""
+        return query(self.url, sql, params)
+
+    @contextmanager
+    def inspector(self) -> Iterator[Inspector]:
+        """SQLAlchemy's view of the schema (tables, indexes, keys), on the engine the service would build."""
+        engine = create_engine(self.url, **engine_options(self.url, busy_timeout_ms=10000))
+        try:
+            yield inspect(engine)
+        finally:
+            engine.dispose()
+
+
+class SQLiteFiles:
+    """SQLite databases: a file in the folder given; pytest removes the folders."""
+
+    def empty(self, folder: Path, name: str) -> Database:
+        path = folder / f"{name}.db"
+        path.touch()
+        return Database(f"sqlite:///{path}")
+
+    def copy(self, template: Database, folder: Path, name: str) -> Database:
+        path = folder / f"{name}.db"
+        shutil.copy(template.name, path)
+        return Database(f"sqlite:///{path}")
+
+    def drop(self, database: Database) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresDatabases:
+    """Databases on one throwaway PostgreSQL cluster, started here; `close()` stops it."""
+
+    def __init__(self):
+        self.cluster = postgres.Cluster().start()
+        self.serial = itertools.count(1)
+
+    def _unique(self, name: str) -> str:
+        return f"{name}_{next(self.serial)}"
+
+    def empty(self, folder: Path, name: str) -> Database:
+        return Database(self.cluster.create_database(self._unique(name)))
+
+    def copy(self, template: Database, folder: Path, name: str) -> Database:
+        return Database(self.cluster.create_database(self._unique(name), template=template.name))
+
+    def drop(self, database: Database) -> None:
+        self.cluster.drop_database(database.name)
+
+    def close(self) -> None:
+        self.cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory):
+def databases():
+    """Where the run's databases live: SQLite files, or a PostgreSQL cluster started for the run."""
+    made = PostgresDatabases() if TEST_DATABASE == "postgresql" else SQLiteFiles()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(databases, tmp_path_factory) -> Database:
     """One database migrated with `flask db upgrade`'s own code; each test gets a copy."""
     import flask_migrate
 
-    path = tmp_path_factory.mktemp("template") / "template.db"
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}"})
+    template = databases.empty(tmp_path_factory.mktemp("template"), "template")
+    app = create_app({"SQLALCHEMY_DATABASE_URI": template.url})
     with app.app_context():
         flask_migrate.upgrade()
-        db.engine.dispose()
-    return path
+        db.engine.dispose()  # PostgreSQL copies a template only while nothing is connected to it
+    return template
 
 
 @pytest.fixture
-def db_path(tmp_path, migrated_template):
-    path = tmp_path / "app.db"
-    shutil.copy(migrated_template, path)
-    return path
+def database(databases, migrated_template, tmp_path) -> Iterator[Database]:
+    """This test's own migrated database, dropped after it."""
+    made = databases.copy(migrated_template, tmp_path, "app")
+    yield made
+    databases.drop(made)
 
 
 @pytest.fixture
-def app(db_path, request):
+def empty_database(databases, tmp_path) -> Iterator[Database]:
+    """An empty database of this test's own (not migrated), dropped after it."""
+    made = databases.empty(tmp_path, "empty")
+    yield made
+    databases.drop(made)
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def app(database, request):
     marker = request.node.get_closest_marker("pipeline")
-    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}"}
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database.url}
     if marker:
         config["PIPELINE"] = list(marker.args[0])
     app = create_app(config)

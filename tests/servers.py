@@ -1,9 +1,10 @@
-"""Real servers for tests: gunicorn on a SQLite file, killed by signal, and small JSON/HTTP helpers.
+"""Real servers for tests: gunicorn on a test database, killed by signal, and small JSON/HTTP helpers.
 
 `Server` runs `.venv/bin/gunicorn -w N wsgi:app` from the project root, so gunicorn.conf.py's
 hooks start a runner in each worker (and stop it on a graceful exit), exactly as in production.
 It runs in a process group of its own, so `kill()` reaches the master and every worker at once,
-as a crash of the whole machine or container would. Only the standard library is used.
+as a crash of the whole machine or container would. Besides the standard library, only `query`
+uses anything: the database drivers the service itself uses.
 
 A test that kills or restarts a server will see some of its requests fail on the way: refused,
 reset, or an answer cut short after its headers. `BROKEN_EXCHANGE` names them all, and
@@ -39,13 +40,33 @@ _SCRUBBED = {"DATABASE_URL", "WEB_CONCURRENCY", "BIND", "GUNICORN_CMD_ARGS", "PY
 BROKEN_EXCHANGE = (ConnectionError, TimeoutError, urllib.error.URLError, http.client.HTTPException)
 
 
-def query(db_path, sql: str, params=()) -> list[tuple]:
-    """Rows of one query on a server's database file, read with the SQLite library the service uses."""
-    from app.database import sqlite_dbapi
+def query(url, sql: str, params=()) -> list[tuple]:
+    """Rows of one statement on a database (a SQLAlchemy URL), run in a transaction of its own and committed.
 
-    conn = sqlite_dbapi().connect(str(db_path), timeout=30)
+    Parameters take `?` placeholders; on PostgreSQL they become psycopg's `%s` (so SQL with
+    parameters may hold no other `?` or `%` there). Rows come straight from the driver the service
+    uses (pysqlite3 or psycopg), so SQLite's are exactly what the service's own connections read.
+    """
+    from sqlalchemy import make_url
+
+    url = make_url(url)
+    if url.get_backend_name() == "sqlite":
+        from app.database import sqlite_dbapi
+
+        conn = sqlite_dbapi().connect(url.database, timeout=30)
+    else:
+        import psycopg
+
+        conn = psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                               dbname=url.database)
+        if params:
+            sql = sql.replace("?", "%s")
+        params = params or None  # psycopg then leaves the SQL as it is, % and all
     try:
-        return conn.execute(sql, params).fetchall()
+        cursor = conn.execute(sql, params)
+        rows = cursor.fetchall() if cursor.description is not None else []
+        conn.commit()
+        return rows
     finally:
         conn.close()
 
@@ -84,12 +105,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_env(db_path, pipeline: list[str], agent_log, agent_delay: float = 0.0,
+def server_env(database_url: str, pipeline: list[str], agent_log, agent_delay: float = 0.0,
                extra: Optional[dict[str, Any]] = None) -> dict[str, str]:
     """The environment of a test server: its database, the test agents and any REPORTS_* settings."""
     env = {k: v for k, v in os.environ.items()
            if k not in _SCRUBBED and not k.startswith(_SCRUBBED_PREFIXES)}
-    env.update(DATABASE_URL=f"sqlite:///{db_path}", PYTHONPATH=str(TESTS), REPORTS_PIPELINE=json.dumps(pipeline),
+    env.update(DATABASE_URL=str(database_url), PYTHONPATH=str(TESTS), REPORTS_PIPELINE=json.dumps(pipeline),
                TEST_AGENT_LOG=str(agent_log), TEST_AGENT_DELAY=str(agent_delay))
     for key, value in (extra or {}).items():
         if not key.startswith("REPORTS_"):

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Optional
 from unittest.mock import ANY
@@ -28,7 +27,6 @@ from servers import request as http
 
 from agents import FAST
 from app import create_app
-from app.database import sqlite_dbapi
 from app.extensions import db
 from app.models import NO_OWNER, utcnow
 from app.runner.store import StepResult
@@ -115,8 +113,8 @@ class Api:
         return {s["session_id"] for s in self.listing(query)["sessions"]}
 
 
-def session_rows(db_path) -> int:
-    return query(db_path, "SELECT count(*) FROM sessions")[0][0]
+def session_rows(database) -> int:
+    return database.query("SELECT count(*) FROM sessions")[0][0]
 
 
 def assert_unauthorized(response, invalid: bool, what: str = "") -> None:
@@ -199,14 +197,14 @@ def client(app):
 
 
 @pytest.fixture
-def app_with(db_path, monkeypatch):
+def app_with(database, monkeypatch):
     """make(KEY=value, ...): an app on the test's database with REPORTS_KEY set in its environment."""
     made = []
 
     def make(**settings):
         for key, value in settings.items():
             monkeypatch.setenv(f"REPORTS_{key}", str(value))
-        made.append(create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}"}))
+        made.append(create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database.url}))
         made[-1].test_client_class = Browser
         return made[-1]
 
@@ -249,7 +247,7 @@ def test_without_users_everything_works_without_a_token(client):
     assert client.get("/").status_code == 200 and client.get("/sessions").status_code == 200
 
 
-def test_the_first_user_closes_the_api_at_once_without_a_restart(app, client, cli, db_path):
+def test_the_first_user_closes_the_api_at_once_without_a_restart(app, client, cli, database):
     """Right after `users create`, the same running app answers 401 to anyone without a valid token."""
     session_id = Api(client).submit()
     token = create_user(cli, "alice")
@@ -263,7 +261,7 @@ def test_the_first_user_closes_the_api_at_once_without_a_restart(app, client, cl
     for what, (method, path, payload) in requests.items():
         for who, (caller, invalid) in callers.items():
             assert_unauthorized(caller.open(method, path, json=payload), invalid, f"{what}, {who}")
-    assert session_rows(db_path) == 1  # the refused submits stored nothing
+    assert session_rows(database) == 1  # the refused submits stored nothing
 
     alice = Api(client, token)
     assert alice.submit() and alice.listing()["total_sessions"] == 1
@@ -370,57 +368,57 @@ def test_the_sign_in_page_the_api_description_and_the_stylesheet_need_no_sign_in
 
 # -- 2. the `flask users` commands -----------------------------------------------------------------
 
-def test_users_create_prints_a_token_and_stores_only_its_hash(cli, db_path):
+def test_users_create_prints_a_token_and_stores_only_its_hash(cli, database):
     """The token is shown once; the database holds only its SHA-256."""
     result = users(cli, "create", "alice")
 
     assert result.exit_code == 0, result.stderr
     token = token_in(result.output)
     assert len(token) >= 16
-    [(name, is_admin, stored, password_hash)] = query(
-        db_path, "SELECT name, is_admin, token_hash, password_hash FROM users")
+    [(name, is_admin, stored, password_hash)] = database.query(
+        "SELECT name, is_admin, token_hash, password_hash FROM users")
     assert (name, is_admin, password_hash) == ("alice", 0, None)
     assert stored != token and stored == hashlib.sha256(token.encode()).hexdigest()
-    assert token not in str(query(db_path, "SELECT * FROM users"))
+    assert token not in str(database.query("SELECT * FROM users"))
 
 
-def test_users_create_admin_makes_an_admin(cli, db_path):
+def test_users_create_admin_makes_an_admin(cli, database):
     """`--admin` makes an admin."""
     create_user(cli, "root", "--admin")
 
-    assert query(db_path, "SELECT name, is_admin FROM users") == [("root", 1)]
+    assert database.query("SELECT name, is_admin FROM users") == [("root", 1)]
 
 
-def test_a_duplicate_name_is_refused(cli, db_path):
+def test_a_duplicate_name_is_refused(cli, database):
     """A second user of the same name is refused, and the first keeps their token."""
     first = create_user(cli, "alice")
 
     refused(users(cli, "create", "alice"), "A user named 'alice' exists already.")
-    assert query(db_path, "SELECT token_hash FROM users") == [(hashlib.sha256(first.encode()).hexdigest(),)]
+    assert database.query("SELECT token_hash FROM users") == [(hashlib.sha256(first.encode()).hexdigest(),)]
 
 
 @pytest.mark.parametrize("name", ["-alice", ".alice", "al ice", "alice/bob", "ålice", "a" * 65, "alice\n"])
-def test_a_bad_name_is_refused(cli, db_path, name):
+def test_a_bad_name_is_refused(cli, database, name):
     """A name the service could not use is refused with the rule, and nothing is created."""
     refused(users(cli, "create", "--", name), "A user name is 1 to 64 letters")
-    assert query(db_path, "SELECT count(*) FROM users") == [(0,)]
+    assert database.query("SELECT count(*) FROM users") == [(0,)]
 
 
-def test_the_password_is_read_from_standard_input(app, cli, db_path):
+def test_the_password_is_read_from_standard_input(app, cli, database):
     """`--password-stdin` takes the password from a pipe; only its hash is stored."""
     create_user(cli, "alice", password=PASSWORD)
 
     accounts = app.extensions["report_users"]
     assert accounts.check_sign_in("alice", PASSWORD) is not None
     assert accounts.check_sign_in("alice", PASSWORD + "x") is None
-    [(stored,)] = query(db_path, "SELECT password_hash FROM users")
+    [(stored,)] = database.query("SELECT password_hash FROM users")
     assert PASSWORD not in stored
 
 
-def test_a_short_password_is_refused_and_no_user_is_made(cli, db_path):
+def test_a_short_password_is_refused_and_no_user_is_made(cli, database):
     """A password under 12 characters is refused, and no half-made user is left."""
     refused(users(cli, "create", "alice", "--password-stdin", input="elevenchars\n"), "12 to 1024 characters")
-    assert query(db_path, "SELECT count(*) FROM users") == [(0,)]
+    assert database.query("SELECT count(*) FROM users") == [(0,)]
 
 
 def test_without_password_stdin_and_without_a_terminal_nothing_is_asked(app, cli):
@@ -578,7 +576,7 @@ def test_another_users_session_page_is_not_found(world, path):
         assert own.get_data() == REPORT_FILES["report.html"][1]
 
 
-def test_bobs_attempts_leave_alices_sessions_as_they_were(world, db_path):
+def test_bobs_attempts_leave_alices_sessions_as_they_were(world, database):
     """Bob's cancel, retry and delete of alice's sessions change nothing."""
     mine = [world.report, world.queued, world.cancelled]
     before = {s: world.alice.status(s) for s in mine}
@@ -589,7 +587,7 @@ def test_bobs_attempts_leave_alices_sessions_as_they_were(world, db_path):
         world.bob.delete(f"/api/sessions/{s}")
 
     assert {s: world.alice.status(s) for s in mine} == before
-    assert query(db_path, "SELECT count(*) FROM steps WHERE session_id = ?", (world.report,))[0][0] > 0
+    assert database.query("SELECT count(*) FROM steps WHERE session_id = ?", (world.report,))[0][0] > 0
     # The requests bob made were valid ones: alice's own succeed.
     assert world.alice.post(f"/api/sessions/{world.queued}/cancel").get_json()["status"] == "cancelled"
     assert world.alice.post(f"/api/sessions/{world.cancelled}/retry").get_json()["status"] == "queued"
@@ -683,7 +681,7 @@ def assert_over_quota(response, setting, retry_after):
     assert response.headers["Retry-After"] == str(retry_after)
 
 
-def test_a_user_past_their_active_limit_gets_429_and_nothing_is_stored(app_with, db_path):
+def test_a_user_past_their_active_limit_gets_429_and_nothing_is_stored(app_with, database):
     """The submit past REPORTS_MAX_ACTIVE_PER_USER is refused with a wait, and stores nothing."""
     app = app_with(MAX_ACTIVE_PER_USER=2)
     client, cli = app.test_client(), app.test_cli_runner()
@@ -692,8 +690,8 @@ def test_a_user_past_their_active_limit_gets_429_and_nothing_is_stored(app_with,
 
     assert_over_quota(alice.post(SUBMIT, json=body()), "MAX_ACTIVE_PER_USER", 30)
 
-    assert session_rows(db_path) == 2 and alice.listing()["total_sessions"] == 2
-    assert app.extensions["report_store"].counts("alice")["queued"] == 2
+    assert session_rows(database) == 2 and alice.listing()["total_sessions"] == 2
+    assert app.extensions["report_reads"].counts("alice")["queued"] == 2
     assert bob.submit()  # one user's limit is not another's
 
 
@@ -746,7 +744,7 @@ def test_the_open_service_has_no_per_user_limit(app_with):
     assert anyone.listing()["total_sessions"] == 5
 
 
-def test_a_full_queue_gets_429_in_the_open_service_and_frees_as_sessions_start(app_with, db_path):
+def test_a_full_queue_gets_429_in_the_open_service_and_frees_as_sessions_start(app_with, database):
     """REPORTS_MAX_QUEUED caps the waiting sessions even in the open service; a started one frees a place."""
     app = app_with(MAX_QUEUED=3)
     anyone = Api(app.test_client())
@@ -754,7 +752,7 @@ def test_a_full_queue_gets_429_in_the_open_service_and_frees_as_sessions_start(a
         anyone.submit()
 
     assert_over_quota(anyone.post(SUBMIT, json=body()), "MAX_QUEUED", 60)
-    assert session_rows(db_path) == 3
+    assert session_rows(database) == 3
 
     assert app.extensions["report_store"].claim("worker") is not None  # one starts: a place in the queue
     assert anyone.submit()
@@ -785,7 +783,7 @@ def serve(store, count, worker="worker-x") -> list[str]:
 
 
 def owners_of(store, ids) -> list[str]:
-    by_id = dict(query(store.engine.url.database, "SELECT id, owner FROM sessions"))
+    by_id = dict(query(store.engine.url, "SELECT id, owner FROM sessions"))
     return [by_id[i] for i in ids]
 
 
@@ -875,7 +873,7 @@ def test_over_https_the_cookie_is_secure(client, alice):
     assert {"secure", "httponly", "samesite=lax"} <= sign_in_cookie(response)
 
 
-def test_writes_with_the_cookie_need_the_pages_csrf_token(client, alice, db_path):
+def test_writes_with_the_cookie_need_the_pages_csrf_token(client, alice, database):
     """A page on another site cannot make the browser submit or delete with the user's cookie."""
     sign_in(client)
     token = meta_csrf(client.get("/sessions").get_data(as_text=True))
@@ -883,7 +881,7 @@ def test_writes_with_the_cookie_need_the_pages_csrf_token(client, alice, db_path
     refused_submit = client.post(SUBMIT, json=body())
     assert refused_submit.status_code == 400 and refused_submit.is_json
     assert "CSRF" in refused_submit.get_json()["detail"]
-    assert session_rows(db_path) == 0
+    assert session_rows(database) == 0
     assert client.post(SUBMIT, json=body(), headers={"X-CSRFToken": "forged"}).status_code == 400
 
     submitted = client.post(SUBMIT, json=body(), headers={"X-CSRFToken": token})
@@ -892,7 +890,7 @@ def test_writes_with_the_cookie_need_the_pages_csrf_token(client, alice, db_path
     refused_delete = client.delete(f"/api/sessions/{session_id}")
     assert refused_delete.status_code == 400 and refused_delete.is_json
     assert client.delete(f"/api/sessions/{session_id}", headers={"X-CSRFToken": token}).status_code == 204
-    assert session_rows(db_path) == 0
+    assert session_rows(database) == 0
 
 
 def test_a_proxys_basic_credentials_leave_the_cookie_to_decide(client, alice):
@@ -1028,10 +1026,10 @@ def test_a_user_or_allow_open_access_lets_it_serve_any_address(app, cli):
 
 
 @pytest.mark.slow
-def test_gunicorn_refuses_to_serve_the_open_service_on_0_0_0_0_unless_allowed(db_path, tmp_path):
+def test_gunicorn_refuses_to_serve_the_open_service_on_0_0_0_0_unless_allowed(database, tmp_path):
     """gunicorn on 0.0.0.0 with no users stops with one line; REPORTS_ALLOW_OPEN_ACCESS=true lets it serve."""
     port = free_port()
-    env = server_env(db_path, FAST, tmp_path / "agents.log") | {"BIND": f"0.0.0.0:{port}"}
+    env = server_env(database.url, FAST, tmp_path / "agents.log") | {"BIND": f"0.0.0.0:{port}"}
     command = [str(BIN / "gunicorn"), "-w", "1", "wsgi:app"]  # the address from BIND, via gunicorn.conf.py
 
     refused_run = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60,
@@ -1071,31 +1069,31 @@ def test_gunicorn_refuses_to_serve_the_open_service_on_0_0_0_0_unless_allowed(db
 OLD_STATUSES = ["completed", "completed", "failed", "queued", "generating"]
 
 
-def test_migration_0003_makes_older_sessions_no_ones_and_counts_them(tmp_path):
+def test_migration_0003_makes_older_sessions_no_ones_and_counts_them(empty_database):
     """Upgrading keeps older sessions (no one's, counted per owner); downgrading and upgrading again work."""
-    path = tmp_path / "old.db"
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}"})
+    database = empty_database
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database.url})
     try:
         with app.app_context():
             flask_migrate.upgrade(revision="0001")
-        with closing(sqlite_dbapi().connect(str(path))) as conn, conn:
-            conn.executemany(
+        for i, status in enumerate(OLD_STATUSES):
+            database.query(
                 "INSERT INTO sessions (id, status, user_request, requirements, topic, status_fields, created_at, "
                 "updated_at, attempts, cancel_requested, version, status_document) "
-                "VALUES (?, ?, 'r', '{}', 't', '{}', ?, ?, 0, 0, 1, '{}')",
-                [(f"old-{i}", status, f"2026-01-0{i + 1} 10:00:00.000000", f"2026-01-0{i + 1} 10:00:00.000000")
-                 for i, status in enumerate(OLD_STATUSES)])
+                "VALUES (?, ?, 'r', '{}', 't', '{}', ?, ?, 0, ?, 1, '{}')",
+                (f"old-{i}", status, f"2026-01-0{i + 1} 10:00:00.000000", f"2026-01-0{i + 1} 10:00:00.000000",
+                 False))
         with app.app_context():
             flask_migrate.upgrade(revision="0002")
             flask_migrate.upgrade()
 
-        assert query(path, "SELECT DISTINCT owner FROM sessions") == [("",)]
-        counts = {(o, s): n for o, s, n in query(path, "SELECT owner, status, sessions FROM session_counts")
+        assert database.query("SELECT DISTINCT owner FROM sessions") == [("",)]
+        counts = {(o, s): n for o, s, n in database.query("SELECT owner, status, sessions FROM session_counts")
                   if n}
-        rows = {(o, s): n for o, s, n in query(path, "SELECT owner, status, count(*) FROM sessions "
-                                                     "GROUP BY owner, status")}
+        rows = {(o, s): n for o, s, n in database.query("SELECT owner, status, count(*) FROM sessions "
+                                                        "GROUP BY owner, status")}
         assert counts == rows == {("", "completed"): 2, ("", "failed"): 1, ("", "queued"): 1, ("", "generating"): 1}
-        assert query(path, "SELECT count(*) FROM users") == [(0,)]
+        assert database.query("SELECT count(*) FROM users") == [(0,)]
         # The service reads them as before: open, no one's, counted.
         listing = app.test_client().get("/api/sessions").get_json()
         assert listing["total_sessions"] == 5 and {s["owner"] for s in listing["sessions"]} == {None}
@@ -1103,15 +1101,16 @@ def test_migration_0003_makes_older_sessions_no_ones_and_counts_them(tmp_path):
         with app.app_context():
             flask_migrate.downgrade(revision="0002")
 
-        assert "owner" not in {row[1] for row in query(path, "PRAGMA table_info(sessions)")}
-        assert dict(query(path, "SELECT status, sessions FROM session_counts WHERE sessions > 0")) == {
+        with database.inspector() as schema:
+            assert "owner" not in {column["name"] for column in schema.get_columns("sessions")}
+            tables = set(schema.get_table_names())
+        assert dict(database.query("SELECT status, sessions FROM session_counts WHERE sessions > 0")) == {
             "completed": 2, "failed": 1, "queued": 1, "generating": 1}
-        tables = {name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "users" not in tables and "queue_turns" not in tables
-        assert query(path, "SELECT version_num FROM alembic_version") == [("0002",)]
+        assert database.query("SELECT version_num FROM alembic_version") == [("0002",)]
         with app.app_context():
             flask_migrate.upgrade()  # and up again
-        assert query(path, "SELECT count(*) FROM sessions WHERE owner = ''") == [(5,)]
+        assert database.query("SELECT count(*) FROM sessions WHERE owner = ''") == [(5,)]
         # The older unfinished sessions still run: the one left generating resumes, the queued one starts.
         store = app.extensions["report_store"]
         assert [store.claim("worker").session_id for _ in range(2)] == ["old-4", "old-3"]

@@ -393,13 +393,13 @@ def test_the_analyst_shows_a_bounded_number_of_series_of_a_dataset_that_was_not_
     assert f"The {MAX_CHART_SERIES} largest of its 20 series in 2024 are shown." in chart["caption"]
 
 
-def test_the_budget_settings_reach_the_steps(db_path, monkeypatch):
+def test_the_budget_settings_reach_the_steps(database, monkeypatch):
     from app import create_app
     from app.runner import agent_settings
 
     monkeypatch.setenv("REPORTS_FETCH_BUDGET", "3")
     monkeypatch.setenv("REPORTS_FETCH_CONCURRENCY", "2")
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}"})
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database.url})
 
     assert {k: agent_settings(app)[k] for k in ("FETCH_BUDGET", "FETCH_CONCURRENCY")} == \
         {"FETCH_BUDGET": 3, "FETCH_CONCURRENCY": 2}

@@ -1,6 +1,6 @@
 """The web pages in a real browser: Debian's Chromium, driven by Playwright, against real gunicorn servers.
 
-Each test starts `gunicorn wsgi:app` (tests/servers.py) on a migrated SQLite file in tmp_path and
+Each test starts `gunicorn wsgi:app` (tests/servers.py) on a migrated database of its own and
 drives the pages as a person would: the new-report form, a session page that follows its run
 (steps, a crash and restart of the server, cancel and retry, the report and its downloads) and
 the sessions list. Selectors are the pages' DOM contract (ids such as `#status`, `ol#steps li
@@ -18,7 +18,6 @@ upper bounds that stop a broken run from hanging, never speed checks.
 """
 import json
 import re
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -108,10 +107,10 @@ def events(tab):
 
 
 @pytest.fixture
-def deploy(tmp_path, db_path):
-    """deploy(pipeline, delay, extra) -> env of servers on a migrated SQLite file in tmp_path."""
+def deploy(tmp_path, database):
+    """deploy(pipeline, delay, extra) -> env of servers on the test's migrated database."""
     def make(pipeline, delay=0.0, extra=None):
-        return server_env(db_path, pipeline, tmp_path / "agents.log", delay, extra)
+        return server_env(database.url, pipeline, tmp_path / "agents.log", delay, extra)
     return make
 
 
@@ -553,12 +552,12 @@ def listed_as(base_url, token):
     return {s["session_id"] for s in answer.json()["sessions"]}
 
 
-def create_users(db_path, users):
-    """Create users [(name, is_admin)] with their PASSWORDS through the app's Users on the database file.
+def create_users(database_url, users):
+    """Create users [(name, is_admin)] with their PASSWORDS through the app's Users on the database.
 
-    Returns {name: API token}. A server on that file sees them at its next request.
+    Returns {name: API token}. A server on that database sees them at its next request.
     """
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}", "PIPELINE": ["agents:First"]})
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "PIPELINE": ["agents:First"]})
     try:
         return {name: app.extensions["report_users"].create(name, is_admin=admin, password=PASSWORDS[name])
                 for name, admin in users}
@@ -576,20 +575,19 @@ def flask_users(env, *args, stdin=None):
 
 
 @pytest.fixture(scope="module")
-def accounts(browser, tmp_path_factory, migrated_template):
+def accounts(browser, tmp_path_factory, databases, migrated_template):
     """One server for the accounts tests: a session from before accounts, then alice, bob and root (an
     admin), each user's sessions finished (bob's second one cancelled). Tests may add sessions, never
     remove any, sign out or revoke these users."""
     folder = tmp_path_factory.mktemp("accounts")
-    db_file = folder / "app.db"
-    shutil.copy(migrated_template, db_file)
-    server = Server(server_env(db_file, ["agents:First", "agents:Second"], folder / "agents.log", 0.3), folder,
+    database = databases.copy(migrated_template, folder, "accounts")
+    server = Server(server_env(database.url, ["agents:First", "agents:Second"], folder / "agents.log", 0.3), folder,
                     workers=1, name="accounts")
     server.start()
     try:
         before = submit(server.url, "Written before accounts")  # the service is still open: no one's
         wait_until(lambda: finished(server.url, before), 30, "the open service's session finished")
-        tokens = create_users(db_file, [("alice", False), ("bob", False), ("root", True)])
+        tokens = create_users(database.url, [("alice", False), ("bob", False), ("root", True)])
         sessions = {"before": before,
                     "alice": submit_as(server.url, tokens["alice"], "Alice's heat pump survey"),
                     "alice-long": submit_as(server.url, tokens["alice"], LONG_TOPIC),
@@ -605,6 +603,7 @@ def accounts(browser, tmp_path_factory, migrated_template):
         yield Accounts(server, tokens, sessions)
     finally:
         server.kill()
+        databases.drop(database)
 
 
 def session_row(page, session_id):

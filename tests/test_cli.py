@@ -473,6 +473,7 @@ def test_import_of_a_missing_file_is_a_usage_error(cli, tmp_path):
     assert "does not exist" in message, message
 
 
+@pytest.mark.sqlite_only("reads SQLite's query plan (EXPLAIN QUERY PLAN) of the batch delete")
 def test_cleanup_batches_delete_through_the_primary_key(app, store):
     """A batch delete that SQLite plans through the status index walks every finished row: at
     1,000,000 sessions that made cleanup quadratic (454 ms a batch). Keep it on the primary key."""

@@ -1,6 +1,6 @@
 """Durability with real servers: kill -9, clean restarts, SIGTERM hand-over, two servers, the recovery cap.
 
-Each test runs `gunicorn wsgi:app` (tests/servers.py) on a fresh SQLite file in tmp_path, with the
+Each test runs `gunicorn wsgi:app` (tests/servers.py) on a fresh database of its own, with the
 test agents of tests/agents.py, which log every execution as `session step pid time` so a test
 can tell which steps ran, where, how often and when. The database is read directly to see what
 was recorded at a given moment. Waits have generous timeouts: they are upper bounds that stop a
@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from servers import Server, migrate, query, server_env, status, status_response, submit, wait_until
+from servers import Server, migrate, server_env, status, status_response, submit, wait_until
 
 
 PIPELINE = ["agents:First", "agents:Second", "agents:Third"]
@@ -21,22 +21,28 @@ FINISHED = ("completed", "failed", "cancelled")
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def deploy(tmp_path, pipeline, delay, extra=None):
-    """A migrated database in tmp_path and the env of servers that use it."""
-    env = server_env(tmp_path / "app.db", pipeline, tmp_path / "agents.log", delay, extra)
+def deploy(database, tmp_path, pipeline, delay, extra=None):
+    """`database` migrated by `flask db upgrade`, and the env of servers that use it."""
+    env = server_env(database.url, pipeline, tmp_path / "agents.log", delay, extra)
     migrate(env)
     return env
 
 
-def recorded(db_path):
+@pytest.fixture
+def db(empty_database):
+    """The test's database, empty: deploy() migrates it with `flask db upgrade`, as an operator would."""
+    return empty_database
+
+
+def recorded(database):
     """The (session, step) pairs in the steps table."""
-    return set(query(db_path, "select session_id, name from steps"))
+    return set(database.query("select session_id, name from steps"))
 
 
-def steps_by_session(db_path):
+def steps_by_session(database):
     """session -> [(name, position)] in commit (id) order."""
     result = collections.defaultdict(list)
-    for session_id, name, position in query(db_path, "select session_id, name, position from steps order by id"):
+    for session_id, name, position in database.query("select session_id, name, position from steps order by id"):
         result[session_id].append((name, position))
     return result
 
@@ -87,23 +93,23 @@ def servers(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_of_whole_server_mid_run_resumes_every_session_and_reruns_only_interrupted_steps(
-        tmp_path, servers):
+        db, tmp_path, servers):
     # given: gunicorn -w 2 running six sessions of a three-step pipeline whose steps take 0.4 s
-    env = deploy(tmp_path, PIPELINE, delay=0.4)
-    db, log = tmp_path / "app.db", tmp_path / "agents.log"
+    env = deploy(db, tmp_path, PIPELINE, delay=0.4)
+    log = tmp_path / "agents.log"
     server = servers(env, 2, "before-crash-1")
     session_ids = [submit(server.url, f"Crash topic {i}") for i in range(6)]
     total = len(session_ids) * len(NAMES)
 
     # when: twice, while some but not all steps are recorded, the whole process group gets SIGKILL
-    # and a new server starts on the same file
+    # and a new server starts on the same database
     crashes = []  # (time just after the kill, the (session, step) rows recorded at the kill)
     for crash in (1, 2):
         floor = len(crashes[-1][1]) if crashes else 0
         wait_until(lambda: floor < len(recorded(db)) < total, 60, f"crash {crash}: some, not all steps recorded")
         server.kill(signal.SIGKILL)
         killed_at = time.time()
-        # Every process is gone, so the file now holds exactly what was committed at the kill.
+        # Every process is gone, so the database now holds exactly what was committed at the kill.
         at_kill = recorded(db)
         crashes.append((killed_at, at_kill))
         server = servers(env, 2, f"after-crash-{crash}")
@@ -117,7 +123,7 @@ def test_kill_9_of_whole_server_mid_run_resumes_every_session_and_reruns_only_in
     assert sorted(rows) == sorted(session_ids)
     for sid in session_ids:
         assert rows[sid] == [("first", 0), ("second", 1), ("third", 2)], sid
-    assert len(query(db, "select 1 from steps")) == total
+    assert len(db.query("select 1 from steps")) == total
 
     # ... each crash hit work in flight, and only that work ran again: no step recorded at a kill
     # was executed after it
@@ -139,27 +145,26 @@ def test_kill_9_of_whole_server_mid_run_resumes_every_session_and_reruns_only_in
 # -- b. clean restart -----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_clean_restart_leaves_finished_sessions_byte_identical(tmp_path, servers):
+def test_clean_restart_leaves_finished_sessions_byte_identical(db, tmp_path, servers):
     # given: three sessions completed on a server, their status answers and stored rows
-    env = deploy(tmp_path, PIPELINE, delay=0.05)
-    db = tmp_path / "app.db"
+    env = deploy(db, tmp_path, PIPELINE, delay=0.05)
     server = servers(env, 2, "first-life")
     session_ids = [submit(server.url, f"Restart topic {i}") for i in range(3)]
     docs = wait_finished(server.url, session_ids, 60)
     assert all(doc["status"] == "completed" for doc in docs.values()), docs
     http_before = {sid: status_response(server.url, sid) for sid in session_ids}
 
-    # when: the server is stopped with SIGTERM and a new one runs on the file for a few seconds
+    # when: the server is stopped with SIGTERM and a new one runs on the database for a few seconds
     assert server.kill(signal.SIGTERM) == 0, server.log_tail()
-    sessions_before = query(db, "select * from sessions order by id")
-    steps_before = query(db, "select * from steps order by id")
+    sessions_before = db.query("select * from sessions order by id")
+    steps_before = db.query("select * from steps order by id")
     server = servers(env, 2, "second-life")
     wait_until(lambda: server.log_text().count(" threads, lease ") >= 2, 30, "both workers' runners started")
     time.sleep(3)  # the runner loop polls every second: three rounds of claims, recovery and heartbeats
 
     # then: not a byte of a finished session changed, in the database or over HTTP
-    assert query(db, "select * from sessions order by id") == sessions_before
-    assert query(db, "select * from steps order by id") == steps_before
+    assert db.query("select * from sessions order by id") == sessions_before
+    assert db.query("select * from steps order by id") == steps_before
     for sid in session_ids:
         after = status_response(server.url, sid)
         assert after.status == 200
@@ -170,10 +175,10 @@ def test_clean_restart_leaves_finished_sessions_byte_identical(tmp_path, servers
 # -- c. SIGTERM hand-over -------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sigterm_hands_leases_back_so_a_new_server_resumes_without_waiting_for_expiry(tmp_path, servers):
+def test_sigterm_hands_leases_back_so_a_new_server_resumes_without_waiting_for_expiry(db, tmp_path, servers):
     # given: server A (one worker, 600 s leases) running three sessions of 1 s steps, mid-step
-    env = deploy(tmp_path, PIPELINE, delay=1.0, extra={"REPORTS_LEASE_SECONDS": 600})
-    db, log = tmp_path / "app.db", tmp_path / "agents.log"
+    env = deploy(db, tmp_path, PIPELINE, delay=1.0, extra={"REPORTS_LEASE_SECONDS": 600})
+    log = tmp_path / "agents.log"
     a = servers(env, 1, "a")
     session_ids = [submit(a.url, f"Handover topic {i}") for i in range(3)]
     total = len(session_ids) * len(NAMES)
@@ -184,13 +189,13 @@ def test_sigterm_hands_leases_back_so_a_new_server_resumes_without_waiting_for_e
     a_stopped_at = time.time()
 
     # then: A handed back the lease of every session it did not finish
-    unfinished = query(db, "select id from sessions where status in ('queued', 'generating')")
+    unfinished = db.query("select id from sessions where status in ('queued', 'generating')")
     assert unfinished, "A finished everything: nothing was handed over"
-    held = query(db, "select id, status, lease_owner from sessions "
-                     "where status in ('queued', 'generating') and lease_owner is not null")
+    held = db.query("select id, status, lease_owner from sessions "
+                    "where status in ('queued', 'generating') and lease_owner is not null")
     assert held == []
 
-    # ... and B, on the same file, completes every session far sooner than the 600 s lease
+    # ... and B, on the same database, completes every session far sooner than the 600 s lease
     b = servers(env, 1, "b")
     docs = wait_finished(b.url, session_ids, 60, "B completed every session within 60 s (lease: 600 s)")
     for sid, doc in docs.items():
@@ -211,10 +216,10 @@ def test_sigterm_hands_leases_back_so_a_new_server_resumes_without_waiting_for_e
 # -- d. two servers -------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_servers_on_one_database_run_every_step_exactly_once_in_order(tmp_path, servers):
-    # given: two servers, two workers each, on one SQLite file
-    env = deploy(tmp_path, PIPELINE, delay=0.05)
-    db, log = tmp_path / "app.db", tmp_path / "agents.log"
+def test_two_servers_on_one_database_run_every_step_exactly_once_in_order(db, tmp_path, servers):
+    # given: two servers, two workers each, on one database
+    env = deploy(db, tmp_path, PIPELINE, delay=0.05)
+    log = tmp_path / "agents.log"
     a = servers(env, 2, "a")
     b = servers(env, 2, "b")
 
@@ -241,10 +246,10 @@ def test_two_servers_on_one_database_run_every_step_exactly_once_in_order(tmp_pa
 # -- e. the recovery cap --------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_step_that_kills_its_worker_every_time_fails_the_session_after_max_attempts(tmp_path, servers):
+def test_step_that_kills_its_worker_every_time_fails_the_session_after_max_attempts(db, tmp_path, servers):
     # given: one worker and a pipeline whose second step SIGKILLs its own process, at most 2 resumes
-    env = deploy(tmp_path, ["agents:First", "agents:KillSelf"], delay=0, extra={"REPORTS_MAX_ATTEMPTS": 2})
-    db, log = tmp_path / "app.db", tmp_path / "agents.log"
+    env = deploy(db, tmp_path, ["agents:First", "agents:KillSelf"], delay=0, extra={"REPORTS_MAX_ATTEMPTS": 2})
+    log = tmp_path / "agents.log"
     server = servers(env, 1, "killself")
 
     # when: a session is submitted; gunicorn respawns the worker after each kill and its runner
@@ -257,8 +262,8 @@ def test_step_that_kills_its_worker_every_time_fails_the_session_after_max_attem
     assert doc["failed_step"] == "killself"
     assert "Gave up after 2 interrupted runs" in doc["error"] and "REPORTS_MAX_ATTEMPTS=2" in doc["error"], doc
     assert doc["completed_tasks"] == ["first"]
-    assert query(db, "select name, position from steps where session_id = ?", (sid,)) == [("first", 0)]
-    assert query(db, "select lease_owner from sessions where id = ?", (sid,)) == [(None,)]
+    assert db.query("select name, position from steps where session_id = ?", (sid,)) == [("first", 0)]
+    assert db.query("select lease_owner from sessions where id = ?", (sid,)) == [(None,)]
 
     # ... killself ran MAX_ATTEMPTS + 1 = 3 times, each in a new worker; first ran once
     runs = agent_runs(log)

@@ -195,9 +195,9 @@ def test_a_foreign_host_is_refused_before_anything_answers(client):
     ('["reports.example.com"]', "evil.example", 400),
     ("*", "anything.example", 200),
 ])
-def test_trusted_hosts_come_from_the_setting(db_path, monkeypatch, setting, host, answer):
+def test_trusted_hosts_come_from_the_setting(database, monkeypatch, setting, host, answer):
     monkeypatch.setenv("REPORTS_TRUSTED_HOSTS", setting)
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}"})
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database.url})
 
     assert app.test_client().get("/api/sessions", headers={"Host": host}).status_code == answer
 
@@ -236,9 +236,9 @@ def test_an_empty_cursor_is_the_first_page_and_any_well_formed_cursor_a_position
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_nothing_in_the_openapi_document(tmp_path):
+def test_schemathesis_finds_nothing_in_the_openapi_document(empty_database, tmp_path):
     """Every check schemathesis has (bounded examples), against a real server running sessions."""
-    env = server_env(tmp_path / "app.db", ["agents:First", "agents:Second"], tmp_path / "agents.log")
+    env = server_env(empty_database.url, ["agents:First", "agents:Second"], tmp_path / "agents.log")
     migrate(env)
     with Server(env, tmp_path, workers=2) as server:
         # One worker thread: CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion
@@ -259,8 +259,8 @@ class QuickTimeoutServer(Server):
 
 
 @pytest.mark.slow
-def test_clients_trickling_their_bodies_stall_no_poll_and_kill_no_worker(tmp_path):
-    env = server_env(tmp_path / "app.db", ["agents:First", "agents:Second", "agents:Third"],
+def test_clients_trickling_their_bodies_stall_no_poll_and_kill_no_worker(empty_database, tmp_path):
+    env = server_env(empty_database.url, ["agents:First", "agents:Second", "agents:Third"],
                      tmp_path / "agents.log", agent_delay=1.0)
     migrate(env)
     with QuickTimeoutServer(env, tmp_path, workers=2) as server:

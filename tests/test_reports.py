@@ -224,11 +224,11 @@ def test_progress_messages_reach_the_status_document(app, client, store, monkeyp
 # -- a crash in the middle of the pipeline -------------------------------------------------------
 
 @pytest.mark.slow
-def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_report(tmp_path, library):
+def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_report(empty_database, tmp_path, library):
     from agents import DEFAULT_WITH_SLOW_WRITER
-    from servers import Server, migrate, query, request, server_env, status, wait_until
+    from servers import Server, migrate, request, server_env, status, wait_until
 
-    env = server_env(tmp_path / "app.db", DEFAULT_WITH_SLOW_WRITER, tmp_path / "agents.log", 2.0,
+    env = server_env(empty_database.url, DEFAULT_WITH_SLOW_WRITER, tmp_path / "agents.log", 2.0,
                      {"REPORTS_LIBRARY_DIR": str(library)})
     migrate(env)
     first = Server(env, tmp_path, name="first").start()
@@ -238,8 +238,8 @@ def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_repo
         log = tmp_path / "agents.log"
         # The agent log, not the status: current_agent names the writer a moment before it starts.
         wait_until(lambda: log.exists() and f"{crashed} writer" in log.read_text(), 60, "writer running")
-        before = query(tmp_path / "app.db", "select name, output from steps where session_id = ? order by id",
-                       (crashed,))
+        before = empty_database.query("select name, output from steps where session_id = ? order by id",
+                                      (crashed,))
         first.kill()
 
         second = Server(env, tmp_path, name="second").start()
@@ -248,8 +248,8 @@ def test_kill_9_during_writer_resumes_at_writer_and_gives_the_uninterrupted_repo
         plain = request("POST", f"{second.url}/api/submit-requirements", REQUEST).json()["session_id"]
         wait_until(lambda: status(second.url, plain)["status"] == "completed", 120, "plain session completed")
 
-        after = query(tmp_path / "app.db", "select name, output from steps where session_id = ? order by id",
-                      (crashed,))
+        after = empty_database.query("select name, output from steps where session_id = ? order by id",
+                                     (crashed,))
         assert [name for name, _ in before] == ["planner", "data_collection", "api_research", "analyst"]
         assert after[:4] == before  # the finished steps were not run again
         assert done["attempts"] == 1 and done["completed_tasks"][4] == "writer"
