@@ -8,7 +8,7 @@ REPORTS_STOP_TIMEOUT seconds, and hands every lease back so another process resu
 import logging
 import os
 import signal
-import threading
+import time
 
 import click
 from flask import current_app
@@ -26,15 +26,15 @@ def worker_command():
     if app.config["RUNNER_THREADS"] < 1:
         raise click.ClickException("REPORTS_RUNNER_THREADS is 0, so this worker would run nothing: set it to the "
                                    "number of sessions the worker may run at once")
-    stop = threading.Event()
     signals = []
 
     def request_stop(signum, _frame):
+        # Only note it: a handler runs in the main thread between any two bytecodes, and taking a
+        # lock there (threading.Event.set) can wait for ever on a lock the interrupted code holds.
         signals.append(signum)
         if len(signals) > 1:  # a second signal: the operator will not wait for running steps
-            log.warning("worker %d: second signal; leaving running sessions to recovery", os.getpid())
+            os.write(2, b"worker: second signal; leaving running sessions to recovery\n")
             os._exit(1)
-        stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, request_stop)
@@ -42,9 +42,8 @@ def worker_command():
         runner = start_runner(app)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    # In slices, so the signal handler (which runs in this thread) is never kept waiting.
-    while not stop.wait(1.0):
-        pass
+    while not signals:
+        time.sleep(0.2)
     log.info("worker %d: %s received; finishing running steps", os.getpid(), signal.Signals(signals[0]).name)
     if runner.stop():
         # Mid-step still: exit anyway; the dead-owner check (or the lease running out) hands them on.
