@@ -74,7 +74,7 @@ test: install browser postgres
 
 # Benchmarks, each against a baseline measured in the same run; writes docs/benchmarks.md.
 # make bench ONLY=status_poll,step_commit runs some of them (and leaves docs/ alone).
-bench: install
+bench: install postgres
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
 
 lint: install

@@ -64,8 +64,10 @@ def temporary_folder(prefix="bench-"):
         yield Path(folder)
 
 
-def migrated_app(db_path, pipeline=None, **config):
-    """create_app() on a new SQLite file, migrated with `flask db upgrade`'s code.
+def migrated_app(db, pipeline=None, **config):
+    """create_app() on a new database, migrated with `flask db upgrade`'s code.
+
+    `db`: a SQLite file's path, or a database URL (postgresql+psycopg://...: bench/postgres.py).
 
     Its store has no quotas (REPORTS_MAX_ACTIVE_PER_USER / REPORTS_MAX_QUEUED = None) unless `config`
     sets them: benchmarks queue far more sessions than a deployment lets one client queue.
@@ -74,7 +76,8 @@ def migrated_app(db_path, pipeline=None, **config):
 
     from app import create_app
 
-    settings = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}", "MAX_ACTIVE_PER_USER": None,
+    uri = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
+    settings = {"SQLALCHEMY_DATABASE_URI": uri, "MAX_ACTIVE_PER_USER": None,
                 "MAX_QUEUED": None, **config}
     if pipeline is not None:
         settings["PIPELINE"] = pipeline
@@ -93,7 +96,7 @@ def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2"), ow
     status document included (it names the template's id): poll sessions you made with the store.
     The (owner, status) row of session_counts moves by `count`, and queued sessions give their
     owner a place in queue_turns if it has none, as Store.create does.
-    1,000,000 sessions take about 15 s and 1 GB.
+    1,000,000 sessions take about 15 s and 1 GB. SQLite or PostgreSQL (the store's engine says which).
     """
     from sqlalchemy import insert, text, update
 
@@ -114,7 +117,14 @@ def fill_sessions(store, count, status="completed", steps=("s0", "s1", "s2"), ow
     with write_transaction(store.engine) as conn:
         conn.execute(insert(ReportSession.__table__).values(
             status_document=store.render(template, list(steps)), **template))
-        if count > 1:
+        if count > 1 and conn.dialect.name == "postgresql":
+            conn.execute(text(
+                f"INSERT INTO sessions (id, created_at, {', '.join(columns)}) "
+                f"SELECT gen_random_uuid()::text, t.created_at - make_interval(secs => :copies - i + 1), "
+                f"{', '.join('t.' + c for c in columns)} "
+                f"FROM generate_series(1, :copies) AS n(i), sessions AS t WHERE t.id = :template"
+            ), {"copies": count - 1, "template": template["id"]})
+        elif count > 1:
             conn.execute(text(
                 f"WITH RECURSIVE n(i, h) AS (SELECT 1, hex(randomblob(16)) "
                 f"UNION ALL SELECT i + 1, hex(randomblob(16)) FROM n WHERE i < :copies) "

@@ -78,7 +78,7 @@ def server_steps_per_second(folder, workers, sessions, batches=1, name="executor
 
     db = folder / f"{name}-w{workers}.db"
     store = queued_database(db, 0)
-    env = server_env(db, PIPELINE, folder / f"{name}-agents.log", extra={"REPORTS_POLL_SECONDS": 0.05})
+    env = server_env(f"sqlite:///{db}", PIPELINE, folder / f"{name}-agents.log", extra={"REPORTS_POLL_SECONDS": 0.05})
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH), env["PYTHONPATH"]])
     server = Server(env, folder, workers=workers, name=f"{name}-w{workers}")
     raw = raw_connect(db)

@@ -176,7 +176,7 @@ def start_server(database_path: Path, log_dir: Path, name: str, extra=None, work
     """`gunicorn -w 2 wsgi:app` on a database, through tests/servers.py (migrated first)."""
     from servers import Server, migrate, server_env
 
-    env = server_env(database_path, pipeline, log_dir / "agents.log", agent_delay, extra)
+    env = server_env(f"sqlite:///{database_path}", pipeline, log_dir / "agents.log", agent_delay, extra)
     migrate(env)
     return Server(env, log_dir, workers=workers, name=name)
 

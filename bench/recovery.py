@@ -56,7 +56,7 @@ def run(quick: bool) -> list[Result]:
 
     with temporary_folder() as tmp:
         log_path = tmp / "agents.log"
-        env = server_env(tmp / "recovery.db", FAST, log_path, AGENT_DELAY,
+        env = server_env(f"sqlite:///{tmp / 'recovery.db'}", FAST, log_path, AGENT_DELAY,
                          {"REPORTS_RUNNER_THREADS": SESSIONS // 2, "REPORTS_LEASE_SECONDS": LEASE_SECONDS})
         migrate(env)
         before = Server(env, tmp, workers=2, name="before")

@@ -72,7 +72,7 @@ def run(quick: bool) -> list[Result]:
     seconds = 2 if quick else 5
     rounds = 3
     with temporary_folder() as tmp:
-        env = server_env(tmp / "status.db", FAST, tmp / "agents.log", 0.0)
+        env = server_env(f"sqlite:///{tmp / 'status.db'}", FAST, tmp / "agents.log", 0.0)
         migrate(env)
         project = Server(env, tmp, workers=2, name="project")
         bare = start_bare(tmp, env)

@@ -134,9 +134,24 @@ class Rig:
         if {claim.session_id for claim in claimed} != set(ids):
             raise RuntimeError("claims took sessions this round did not make")
         if self.document is None:  # the raw side writes a text as long as a real status document
-            self.document = self.raw.execute("SELECT status_document FROM sessions WHERE id = ?",
-                                             (claimed[0].session_id,)).fetchone()[0]
+            self.document = self.read_document(claimed[0].session_id)
         return claimed
+
+    # What touches the database through the raw driver: a subclass does it for another database.
+
+    def read_document(self, session_id):
+        return self.raw.execute("SELECT status_document FROM sessions WHERE id = ?", (session_id,)).fetchone()[0]
+
+    def raw_commit(self, session_id, position, started):
+        raw_commit(self.raw, session_id, self.owner, position, self.names, self.document, self.store.lease_seconds,
+                   db_time(started))
+
+    def settle(self):
+        """After a fill, before timing: nothing a fill left behind is paid for by a timed commit."""
+        checkpoint(self.raw)
+
+    def session_total(self):
+        return session_total(self.raw)
 
     def round(self, per_side, raw_side=True):
         """Timed commits of every step of `per_side` sessions, ours and raw alternating; then delete them."""
@@ -150,7 +165,6 @@ class Rig:
         raw_ids = [claim.session_id for claim in claims[per_side:]]
         ours_claims = claims[:per_side]
         ours, raw = [], []
-        lease = self.store.lease_seconds
         for position, name in enumerate(self.names):
             for i in range(per_side):
                 started = datetime.now(timezone.utc)
@@ -165,8 +179,7 @@ class Rig:
                             raise RuntimeError(f"commit_step answered {result}, expected {expected}")
                     elif raw_side:
                         t = time.perf_counter()
-                        raw_commit(self.raw, raw_ids[i], self.owner, position, self.names, self.document, lease,
-                                   db_time(started))
+                        self.raw_commit(raw_ids[i], position, started)
                         raw.append(time.perf_counter() - t)
         self.forget([claim.session_id for claim in ours_claims], raw_ids if raw_side else [])
         return ours, raw
@@ -212,56 +225,73 @@ def us(seconds):
 
 def run(quick: bool) -> list[Result]:
     sizes = QUICK_SIZES if quick else SIZES
-    rounds = QUICK_ROUNDS if quick else ROUNDS
-    in_flight = 2 * ROUND
-    measured = []  # (size, ours median us, raw median us, ours p90, raw p90, commits, ours mean, raw mean)
     with temporary_folder("bench-step-commit-") as folder:
         rig = open_rig(folder)
         try:
-            filled = 0
-            for size in sizes:
-                started = time.monotonic()
-                fill_sessions(rig.store, size - in_flight - filled)
-                filled = size - in_flight
-                checkpoint(rig.raw)
-                fill_seconds = time.monotonic() - started
-                rig.round(2, raw_side=True)  # warm-up: statement caches, pool, pages
-                ours, raw = [], []
-                for _ in range(rounds):
-                    o, r = rig.round(ROUND)
-                    ours += o
-                    raw += r
-                total = session_total(rig.raw)
-                if total != filled:
-                    raise RuntimeError(f"expected {filled} sessions between rounds, found {total}")
-                measured.append((size, us(median(ours)), us(median(raw)), us(percentile(ours, 90)),
-                                 us(percentile(raw, 90)), len(ours), us(sum(ours) / len(ours)),
-                                 us(sum(raw) / len(raw))))
-                print(f"   .. {size:>9,} sessions: commit_step {us(median(ours)):7.1f} us, "
-                      f"raw {us(median(raw)):6.1f} us "
-                      f"({len(ours)} each; fill {fill_seconds:.1f} s)", flush=True)
+            measured = measure(rig, sizes, QUICK_ROUNDS if quick else ROUNDS)
         finally:
             close_rig(rig)
+    return report(NAME, measured, "raw sqlite3", "raw sqlite3 (INSERT step + UPDATE session)", RAW_GOAL,
+                  GROWTH_GOAL, "the mean carries WAL checkpoints", "Step commit vs database size")
 
+
+def measure(rig, sizes, rounds) -> list[tuple]:
+    """At each size (filled up to it): `rounds` rounds of timed commits; the same for any database.
+
+    Returns (size, ours median us, raw median us, ours p90, raw p90, commits, ours mean, raw mean) a size.
+    """
+    in_flight = 2 * ROUND
+    measured = []
+    filled = 0
+    for size in sizes:
+        started = time.monotonic()
+        fill_sessions(rig.store, size - in_flight - filled)
+        filled = size - in_flight
+        rig.settle()
+        fill_seconds = time.monotonic() - started
+        rig.round(2, raw_side=True)  # warm-up: statement caches, pool, pages
+        ours, raw = [], []
+        for _ in range(rounds):
+            o, r = rig.round(ROUND)
+            ours += o
+            raw += r
+        total = rig.session_total()
+        if total != filled:
+            raise RuntimeError(f"expected {filled} sessions between rounds, found {total}")
+        measured.append(summary(size, ours, raw, f"fill {fill_seconds:.1f} s"))
+    return measured
+
+
+def summary(size, ours, raw, remark) -> tuple:
+    """A size's row for report(), from the seconds each commit took; printed as it is made."""
+    print(f"   .. {size:>9,} sessions: commit_step {us(median(ours)):7.1f} us, raw {us(median(raw)):6.1f} us "
+          f"({len(ours)} each; {remark})", flush=True)
+    return (size, us(median(ours)), us(median(raw)), us(percentile(ours, 90)), us(percentile(raw, 90)), len(ours),
+            us(sum(ours) / len(ours)), us(sum(raw) / len(raw)))
+
+
+def report(name, measured, raw_name, raw_label, raw_goal, growth_goal, mean_note, title) -> list[Result]:
+    """The rows: ours vs raw at each size, then ours' growth from the first size."""
+    sizes = [m[0] for m in measured]
     first_ours, first_raw = measured[0][1], measured[0][2]
-    series = {"x": [m[0] for m in measured], "y": [m[1] for m in measured], "baseline": [m[2] for m in measured],
-              "label": "Store.commit_step", "baseline_label": "raw sqlite3 (INSERT step + UPDATE session)",
+    series = {"x": sizes, "y": [m[1] for m in measured], "baseline": [m[2] for m in measured],
+              "label": "Store.commit_step", "baseline_label": raw_label,
               "xlabel": "sessions in the database", "ylabel": "us per step commit (median)", "logx": True,
-              "logy": True, "title": "Step commit vs database size"}
+              "logy": True, "title": title}
     results = []
     for i, (size, ours, raw, ours90, raw90, n, ours_mean, raw_mean) in enumerate(measured):
         vs_raw = ours / raw
         results.append(Result(
-            NAME, f"vs raw, {size:,} sessions", ours, raw, "us", vs_raw, f"<= {RAW_GOAL:g}x raw",
-            vs_raw <= RAW_GOAL, baseline_name="raw sqlite3",
+            name, f"vs raw, {size:,} sessions", ours, raw, "us", vs_raw, f"<= {raw_goal:g}x raw",
+            vs_raw <= raw_goal, baseline_name=raw_name,
             note=(f"median of {n} commits each; p90 {ours90:.0f} vs {raw90:.0f} us, mean {ours_mean:.0f} vs "
-                  f"{raw_mean:.0f} us (the mean carries WAL checkpoints); steps table: only the round's steps")
+                  f"{raw_mean:.0f} us ({mean_note}); steps table: only the round's steps")
             if i == 0 or size == sizes[-1] else "",
             series=series if i == len(measured) - 1 else {}))
     for size, ours, raw, *_ in measured[1:]:
         growth = ours / first_ours
         results.append(Result(
-            NAME, f"growth, {sizes[0]:,} -> {size:,}", ours, first_ours, "us", growth,
-            f"<= {GROWTH_GOAL:g}x", growth <= GROWTH_GOAL, baseline_name=f"ours at {sizes[0]:,}",
-            note=(f"raw sqlite3 grew {raw / first_raw:.2f}x over the same sizes" if size == sizes[-1] else "")))
+            name, f"growth, {sizes[0]:,} -> {size:,}", ours, first_ours, "us", growth,
+            f"<= {growth_goal:g}x", growth <= growth_goal, baseline_name=f"ours at {sizes[0]:,}",
+            note=(f"{raw_name} grew {raw / first_raw:.2f}x over the same sizes" if size == sizes[-1] else "")))
     return results
