@@ -38,6 +38,25 @@ SHIPPED_MAX = 200       # as shipped, every commit waits for fsync: fewer workfl
 THREADS = 4
 GOAL = 1.5
 
+# The workflow both DBOS drivers run (this one on SQLite, pg_peer_dbos's on PostgreSQL), after DBOS(config=...).
+NOOP_WORKFLOW = r'''
+def _step(n):
+    @DBOS.step(name=f"n{n}")
+    def step():
+        return {}
+    return step
+
+STEPS = [_step(n) for n in range(1, 6)]
+
+@DBOS.workflow()
+def noop_workflow(user_request, requirements):
+    for step in STEPS:
+        step()
+    return None
+
+DBOS.launch()
+'''
+
 DRIVER = r'''
 import json, os, sys, threading, time
 args = json.loads(sys.argv[1])
@@ -58,23 +77,7 @@ if mode == "equal":
         cursor.close()
 
 DBOS(config=config)
-
-def _step(n):
-    @DBOS.step(name=f"n{n}")
-    def step():
-        return {}
-    return step
-
-STEPS = [_step(n) for n in range(1, 6)]
-
-@DBOS.workflow()
-def noop_workflow(user_request, requirements):
-    for step in STEPS:
-        step()
-    return None
-
-DBOS.launch()
-try:
+''' + NOOP_WORKFLOW + r'''try:
     from dbos._dbos import _get_dbos_instance
     engine = _get_dbos_instance()._sys_db.engine
     with engine.connect() as conn:

@@ -30,7 +30,7 @@ import time
 from contextlib import ExitStack
 
 from bench.common import Result, median, temporary_folder
-from bench.peer_dbos import dbos_python
+from bench.peer_dbos import NOOP_WORKFLOW, dbos_python
 from bench.pg_executor import THREADS, check_end, close_side, cpu_seconds, open_side, work
 from bench.postgres import cluster
 
@@ -55,23 +55,7 @@ from dbos import DBOS, DBOSConfig
 config: DBOSConfig = {"name": "bench-noop", "system_database_url": args["url"], "log_level": "WARNING",
                       "executor_id": args["executor_id"]}
 DBOS(config=config)
-
-def _step(n):
-    @DBOS.step(name=f"n{n}")
-    def step():
-        return {}
-    return step
-
-STEPS = [_step(n) for n in range(1, 6)]
-
-@DBOS.workflow()
-def noop_workflow(user_request, requirements):
-    for step in STEPS:
-        step()
-    return None
-
-DBOS.launch()
-try:
+''' + NOOP_WORKFLOW + r'''try:
     from dbos._dbos import _get_dbos_instance
     engine = _get_dbos_instance()._sys_db.engine
     with engine.connect() as conn:
