@@ -41,6 +41,35 @@ def cleanup(days, dry_run):
         click.echo(f"Removed {count} {noun} ({age}).")
 
 
+@sessions_cli.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+def backup(path):
+    """Write a consistent, checked copy of the SQLite database to PATH while the service runs.
+
+    To restore: stop the service, remove the database's -wal and -shm files, copy the backup over
+    the database file, start the service. On PostgreSQL use pg_dump instead.
+    """
+    from app.backup import BackupError, backup_sqlite
+    from app.extensions import db
+
+    url = db.engine.url  # as the service opens it (a relative SQLite path is under instance/)
+    if url.get_backend_name() != "sqlite":
+        where = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+        raise click.ClickException(
+            f"The database is {url.get_backend_name()}, which this command does not copy: back it up with "
+            f"PostgreSQL's own tools, for example `pg_dump --format=custom --file={path} '{where}'` "
+            "(consistent while the service runs), and restore it with pg_restore.")
+    if url.database in (None, "", ":memory:"):
+        raise click.ClickException("The database is in memory: there is nothing on disk to back up.")
+    try:
+        made = backup_sqlite(url.database, path, current_app.config["SQLITE_BUSY_TIMEOUT_MS"])
+    except BackupError as exc:
+        raise click.ClickException(f"No backup written: {exc}.") from None
+    noun = "session" if made.sessions == 1 else "sessions"
+    click.echo(f"Backed up {made.sessions} {noun} ({made.size_bytes / 1e6:.1f} MB, migration {made.migration}) "
+               f"to {made.path} in {made.seconds:.1f} s; integrity check ok.")
+
+
 @sessions_cli.command("list")
 @click.option("--status", type=click.Choice(STATUSES))
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
