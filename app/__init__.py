@@ -1,5 +1,4 @@
 """The report service: create_app() assembles configuration, database, API and CLI."""
-import logging
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_error_handlers(app)
     register_commands(app)
     register_fast_paths(app)
+    register_operations(app)
     register_middleware(app)
     return app
 
@@ -50,18 +50,13 @@ def load_config(app: Flask, test_config: dict | None) -> None:
 
 
 def configure_logging(app: Flask) -> None:
-    # Under gunicorn, log through its error log; otherwise a plain stderr handler for our package.
-    gunicorn_logger = logging.getLogger("gunicorn.error")
-    package_logger = logging.getLogger("app")
-    if gunicorn_logger.handlers:
-        package_logger.handlers = gunicorn_logger.handlers
-        package_logger.setLevel(gunicorn_logger.level)
-    elif not package_logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        package_logger.addHandler(handler)
-        package_logger.setLevel(logging.INFO)
-    package_logger.propagate = False
+    """Our package's log lines, text or JSON (REPORTS_LOG_FORMAT): through gunicorn's log under gunicorn."""
+    from app.logs import LOG_FORMATS, send_package_logs
+
+    if app.config["LOG_FORMAT"] not in LOG_FORMATS:
+        raise ConfigError(f"REPORTS_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
+                          f"not {app.config['LOG_FORMAT']!r}")
+    send_package_logs(app.config["LOG_FORMAT"])
 
 
 def register_extensions(app: Flask) -> None:
@@ -178,9 +173,25 @@ def register_fast_paths(app: Flask) -> None:
                                    app.config["SESSIONS_PAGE_SIZE"])
 
 
+def register_operations(app: Flask) -> None:
+    """GET /healthz, /readyz and /metrics for load balancers and Prometheus, before Flask (app/operations.py)."""
+    from app.extensions import db
+    from app.operations import OperationsEndpoints, Readiness
+    from app.startup import migration_heads
+
+    with app.app_context():
+        engine = db.engine
+    readiness = Readiness(engine, migration_heads(app), app.config["RUNNER_THREADS"],
+                          lambda: app.extensions.get("report_runner"))
+    app.extensions["report_readiness"] = readiness
+    app.wsgi_app = OperationsEndpoints(app.wsgi_app, readiness, app.extensions["report_reads"])
+
+
 def register_middleware(app: Flask) -> None:
     """WSGI layers around Flask and the fast paths; ResponseGuard must stay outermost."""
+    from app.operations import PATHS
     from app.security import ResponseGuard
 
-    # Host check and security headers for every answer, the fast paths' included.
-    app.wsgi_app = ResponseGuard(app.wsgi_app, app.config["TRUSTED_HOSTS"])
+    # Host check and security headers for every answer, the fast paths' included. Probes and
+    # scrapers call the operators' paths by IP address, so those answer whatever the Host.
+    app.wsgi_app = ResponseGuard(app.wsgi_app, app.config["TRUSTED_HOSTS"], any_host_paths=PATHS)

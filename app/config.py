@@ -49,6 +49,10 @@ MAX_ATTEMPTS = 10           # resumes after a lost lease before a session is fai
 POLL_SECONDS = 0.5
 STOP_TIMEOUT = 20           # on SIGTERM, wait this long for running steps before leaving them to recovery
 
+# Logs: "text" (one readable line per event) or "json" (one JSON object per line, for log
+# collectors; session_id, step and event are fields of their own). Under gunicorn its own lines too.
+LOG_FORMAT = "text"
+
 # SQLite: how long a writer waits for the lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 

@@ -47,7 +47,10 @@ def engine_options(uri: str, busy_timeout_ms: int, held_connections: int = 0) ->
     url = make_url(uri)
     pool = {"pool_size": 5 + held_connections}
     if url.get_backend_name() != "sqlite":
-        return {"pool_pre_ping": True, **pool}
+        # A database that is down or unreachable fails a request (or a readiness probe) in 5 s,
+        # instead of hanging it for the kernel's TCP timeout; a connect_timeout in the URL wins.
+        timeout = {} if "connect_timeout" in url.query else {"connect_args": {"connect_timeout": 5}}
+        return {"pool_pre_ping": True, **pool, **timeout}
     options = {"module": sqlite_dbapi(), "connect_args": {"timeout": busy_timeout_ms / 1000}}
     if url.database not in (None, "", ":memory:"):  # an in-memory database has a pool of its own kind
         options |= pool

@@ -30,13 +30,17 @@ def trusted_hosts(setting) -> list[str] | None:
 class ResponseGuard:
     """WSGI middleware: refuse untrusted Host headers; add the security headers every response needs."""
 
-    def __init__(self, wsgi_app, hosts: list[str] | None):
+    def __init__(self, wsgi_app, hosts: list[str] | None, any_host_paths: frozenset[str] = frozenset()):
         self.wsgi_app = wsgi_app
         # A few names per deployment; the cache is bounded because the header is the client's to choose.
         self.host_ok = lru_cache(maxsize=256)(lambda host: host_is_trusted(host, hosts)) if hosts else None
+        # Paths that answer any Host: they carry no user's data and change nothing, so a rebinding
+        # page gains nothing there (the operators' probes, called by IP address).
+        self.any_host_paths = any_host_paths
 
     def __call__(self, environ, start_response):
-        if self.host_ok is not None and not self.host_ok(environ.get("HTTP_HOST") or ""):
+        if self.host_ok is not None and not self.host_ok(environ.get("HTTP_HOST") or "") \
+                and environ.get("PATH_INFO") not in self.any_host_paths:
             return self.refuse_host(environ, start_response)
 
         def start_with_headers(status, headers, exc_info=None):

@@ -21,9 +21,9 @@ class ConfigError(Exception):
 
 def check_ready(app: Flask) -> str:
     """Fail unless the database is reachable and migrated to the newest revision; returns a summary line."""
+    heads = migration_heads(app)
     with app.app_context():
         url = db.engine.url.render_as_string(hide_password=True)
-        heads = set(ScriptDirectory.from_config(migrate.get_config()).get_heads())
         try:
             with db.engine.connect() as conn:
                 current = set(MigrationContext.configure(conn).get_current_heads())
@@ -35,6 +35,12 @@ def check_ready(app: Flask) -> str:
         raise ConfigError(f"the database {url} {state}: run `flask --app wsgi db upgrade` (make run does this)")
     log.info(summary)
     return summary
+
+
+def migration_heads(app: Flask) -> set[str]:
+    """The newest revision(s) in migrations/: where a database the service may use must be."""
+    with app.app_context():
+        return set(ScriptDirectory.from_config(migrate.get_config()).get_heads())
 
 
 def instance_secret_key(instance_path: str) -> str:

@@ -13,19 +13,25 @@ import time
 import click
 from flask import current_app
 
+from app.operations import OperationsEndpoints, not_found, serve_operations
 from app.runner import start_runner
+from app.security import ResponseGuard
 from app.startup import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 @click.command("worker")
-def worker_command():
-    """Run report sessions (REPORTS_RUNNER_THREADS at a time) until SIGTERM or Ctrl-C; serve no HTTP."""
+@click.option("--operations-bind", metavar="HOST:PORT",
+              help="Also serve GET /healthz, /readyz and /metrics (nothing else) here, for probes and Prometheus.")
+def worker_command(operations_bind):
+    """Run report sessions (REPORTS_RUNNER_THREADS at a time) until SIGTERM or Ctrl-C; serve no API."""
     app = current_app._get_current_object()
     if app.config["RUNNER_THREADS"] < 1:
         raise click.ClickException("REPORTS_RUNNER_THREADS is 0, so this worker would run nothing: set it to the "
                                    "number of sessions the worker may run at once")
+    if operations_bind is not None and not _is_bind(operations_bind):
+        raise click.BadParameter(f"{operations_bind!r} is not HOST:PORT", param_hint="--operations-bind")
     signals = []
 
     def request_stop(signum, _frame):
@@ -42,9 +48,22 @@ def worker_command():
         runner = start_runner(app)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if operations_bind is not None:
+        endpoints = ResponseGuard(OperationsEndpoints(not_found, app.extensions["report_readiness"],
+                                                      app.extensions["report_reads"]), None)
+        try:
+            serve_operations(endpoints, operations_bind)
+        except OSError as exc:
+            runner.stop()
+            raise click.ClickException(f"cannot serve at {operations_bind}: {exc}") from None
     while not signals:
         time.sleep(0.2)
     log.info("worker %d: %s received; finishing running steps", os.getpid(), signal.Signals(signals[0]).name)
     if runner.stop():
         # Mid-step still: exit anyway; the dead-owner check (or the lease running out) hands them on.
         os._exit(1)
+
+
+def _is_bind(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 < int(port) < 65536

@@ -29,6 +29,7 @@ from agents import FAST
 from app import create_app
 from app.extensions import db
 from app.models import NO_OWNER, utcnow
+from app.operations import OperationsEndpoints
 from app.runner.store import StepResult
 from app.security import ResponseGuard
 from app.sessions.listing import ListingFastPath
@@ -219,10 +220,11 @@ def answered_by(request, app, monkeypatch):
     """Run the test twice: as deployed, and with the status and listing fast paths taken out, so the
     Flask views answer every request the fast paths would have answered (they must answer alike)."""
     guard = app.wsgi_app
-    assert isinstance(guard, ResponseGuard) and isinstance(guard.wsgi_app, ListingFastPath)
-    assert isinstance(guard.wsgi_app.wsgi_app, StatusFastPath)
+    assert isinstance(guard, ResponseGuard) and isinstance(guard.wsgi_app, OperationsEndpoints)
+    outer = guard.wsgi_app  # the fast paths come next, then Flask
+    assert isinstance(outer.wsgi_app, ListingFastPath) and isinstance(outer.wsgi_app.wsgi_app, StatusFastPath)
     if request.param == "flask view":
-        monkeypatch.setattr(guard, "wsgi_app", guard.wsgi_app.wsgi_app.wsgi_app)
+        monkeypatch.setattr(outer, "wsgi_app", outer.wsgi_app.wsgi_app.wsgi_app)
     return request.param
 
 
@@ -280,8 +282,8 @@ def test_a_valid_token_is_answered_by_the_fast_path_and_the_flask_view_too(app, 
     assert flask_saw == [f"/api/report-status/{session_id}"]  # no token: Flask decides, and says 401
     assert_unauthorized(refused_poll, invalid=False)
 
-    guard = app.wsgi_app
-    monkeypatch.setattr(guard, "wsgi_app", guard.wsgi_app.wsgi_app.wsgi_app)  # Flask only
+    outer = app.wsgi_app.wsgi_app  # ResponseGuard, OperationsEndpoints, then the fast paths
+    monkeypatch.setattr(outer, "wsgi_app", outer.wsgi_app.wsgi_app.wsgi_app)  # Flask only
     slow = alice.get(f"/api/report-status/{session_id}")
     slow_not_modified = alice.get(f"/api/report-status/{session_id}", headers={"If-None-Match": fast.headers["ETag"]})
 

@@ -54,9 +54,9 @@ def test_the_fast_path_answers_what_the_view_answers_with_a_page(app, client, mo
     app.before_request_funcs.setdefault(None, []).insert(0, lambda: reached_flask.append(request.path))
 
     fast = client.get(f"/api/sessions?{query.replace('<cursor>', cursor)}")
-    guard = app.wsgi_app
-    assert isinstance(guard.wsgi_app, ListingFastPath)
-    monkeypatch.setattr(guard, "wsgi_app", guard.wsgi_app.wsgi_app)  # the view alone
+    outer = app.wsgi_app.wsgi_app  # ResponseGuard, OperationsEndpoints, then the fast paths
+    assert isinstance(outer.wsgi_app, ListingFastPath)
+    monkeypatch.setattr(outer, "wsgi_app", outer.wsgi_app.wsgi_app)  # the view alone
     view = client.get(f"/api/sessions?{query.replace('<cursor>', cursor)}")
 
     assert view.status_code == QUERIES[query]

@@ -43,6 +43,7 @@ import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_match_hostname import CertificateError
 
+from app import metrics
 from app.pipeline.extract import Unreadable, extract_text
 
 # Read at call time, so a test (or a deployment with a private CA) can point it elsewhere.
@@ -67,13 +68,17 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 class FetchRefused(Exception):
     """A URL that was not fetched or a response that was not used; `reason` says why, for the user."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, outcome: str = "failed"):
         super().__init__(reason)
         self.reason = reason
+        self.outcome = outcome  # for the reports_url_fetches metric: a few fixed words, never the reason
 
 
 class FetchTimedOut(FetchRefused):
     """The fetch's deadline passed before the response was complete."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, "timeout")
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,16 @@ def fetch(url: str, *, timeout: float = 10.0, max_bytes: int = 2_000_000, allow_
     `allow_private=True` skips only the public-address rule (for tests and trusted intranets);
     pinning, redirect, time and size limits still apply.
     """
+    try:
+        fetched = _fetch(url, timeout, max_bytes, allow_private, max_redirects)
+    except FetchRefused as exc:
+        metrics.URL_FETCHES.labels(exc.outcome).inc()
+        raise
+    metrics.URL_FETCHES.labels("ok").inc()
+    return fetched
+
+
+def _fetch(url: str, timeout: float, max_bytes: int, allow_private: bool, max_redirects: int) -> Fetched:
     deadline = time.monotonic() + timeout
     watchdog = _Watchdog(timeout)
     timed_out = FetchTimedOut(f"timed out after {timeout:g} s")
@@ -252,7 +267,8 @@ def fetch_each(urls: list[str], *, seconds: float, concurrency: int = 4, timeout
     def fetch_one(url: str) -> Union[Fetched, FetchRefused]:
         left = deadline - time.monotonic()
         if left < MIN_FETCH_SECONDS:
-            return FetchRefused(f"not fetched: {OUT_OF_TIME}")
+            metrics.URL_FETCHES.labels("skipped").inc()
+            return FetchRefused(f"not fetched: {OUT_OF_TIME}", "skipped")
         allowed = min(timeout, left)
         try:
             return fetch(url, timeout=allowed, **limits)
@@ -293,26 +309,26 @@ _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
 def _check_url(url: str) -> _Target:
     if not isinstance(url, str) or not url.strip():
-        raise FetchRefused("no URL given")
+        raise FetchRefused("no URL given", "invalid_url")
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError:
-        raise FetchRefused(f"not a valid URL: {url}") from None
+        raise FetchRefused(f"not a valid URL: {url}", "invalid_url") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise FetchRefused(f"only http and https URLs can be fetched, not {scheme or 'this'}: {url}")
+        raise FetchRefused(f"only http and https URLs can be fetched, not {scheme or 'this'}: {url}", "invalid_url")
     # Credentials in a URL are a phishing trick ("http://bank.com@evil/") and would be sent on
     # to whatever host the URL really names.
     if "@" in parts.netloc:
-        raise FetchRefused("URLs with a user name or password are not fetched")
+        raise FetchRefused("URLs with a user name or password are not fetched", "invalid_url")
     host = parts.hostname
     if not host:
-        raise FetchRefused(f"the URL names no host: {url}")
+        raise FetchRefused(f"the URL names no host: {url}", "invalid_url")
     default_port = 443 if scheme == "https" else 80
     port = default_port if port is None else port
     if not 0 < port < 65536:
-        raise FetchRefused(f"not a valid port: {port}")
+        raise FetchRefused(f"not a valid port: {port}", "invalid_url")
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
@@ -320,9 +336,9 @@ def _check_url(url: str) -> _Target:
         try:
             host = host.encode("idna").decode("ascii").lower()
         except UnicodeError:
-            raise FetchRefused(f"not a valid host name: {host}") from None
+            raise FetchRefused(f"not a valid host name: {host}", "invalid_url") from None
         if not _HOST_NAME.fullmatch(host):
-            raise FetchRefused(f"not a valid host name: {host}")
+            raise FetchRefused(f"not a valid host name: {host}", "invalid_url")
     shown = f"[{host}]" if literal is not None and literal.version == 6 else host
     host_header = shown if port == default_port else f"{shown}:{port}"
     # http.client refuses spaces and control characters in the request line; encode what a
@@ -371,8 +387,8 @@ def _vet(target: _Target, addresses: list[str]) -> None:
         problem = address_problem(address)
         if problem:
             if target.literal is not None:
-                raise FetchRefused(f"blocked: {address} is {problem}")
-            raise FetchRefused(f"blocked: {target.host} resolves to {address}, which is {problem}")
+                raise FetchRefused(f"blocked: {address} is {problem}", "blocked")
+            raise FetchRefused(f"blocked: {target.host} resolves to {address}, which is {problem}", "blocked")
 
 
 def _request(target: _Target, addresses: list[str], deadline: float, watchdog: _Watchdog,
@@ -422,7 +438,7 @@ def _request(target: _Target, addresses: list[str], deadline: float, watchdog: _
                 if status in REDIRECTS and response.headers.get("Location"):
                     return status, response.headers["Location"], None
                 if not 200 <= status < 300:
-                    raise FetchRefused(f"HTTP {status}")
+                    raise FetchRefused(f"HTTP {status}", "http_error")
                 body = _read_body(response, max_bytes)
             except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
                 if _is_timeout(exc, watchdog, deadline):
@@ -449,7 +465,7 @@ def _read_body(response, max_bytes: int) -> bytearray:
         raise FetchRefused(f"compressed in a way that cannot be read ({', '.join(unknown)})")
     declared = response.headers.get("Content-Length", "")
     if not encodings and declared.isdigit() and int(declared) > max_bytes:
-        raise FetchRefused(f"larger than {max_bytes:,} bytes (the server says {int(declared):,})")
+        raise FetchRefused(f"larger than {max_bytes:,} bytes (the server says {int(declared):,})", "too_large")
     body = bytearray()
     while True:
         # read(amt) returns at most amt decoded bytes and, in urllib3 2.x, decompresses no more
@@ -459,7 +475,7 @@ def _read_body(response, max_bytes: int) -> bytearray:
             return body
         body += chunk
         if len(body) > max_bytes:
-            raise FetchRefused(f"larger than {max_bytes:,} bytes")
+            raise FetchRefused(f"larger than {max_bytes:,} bytes", "too_large")
 
 
 def _is_timeout(exc: BaseException, watchdog: _Watchdog, deadline: float) -> bool:

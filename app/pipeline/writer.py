@@ -21,6 +21,7 @@ import math
 import re
 from collections import Counter
 
+from app import metrics
 from app.pipeline import StepOutput
 from app.pipeline.relevance import stems
 from app.pipeline.text import fingerprint, same_statement, sentences, word_count
@@ -374,18 +375,24 @@ class ModelWriter:
         from app.pipeline.llm import LLMError
 
         if self.down:
-            self.fallbacks.append({"section": heading, "reason": f"not asked: {self.down}"})
+            self._fall_back(heading, f"not asked: {self.down}")
             return extractive
         try:
             text = self.client.write_section(report_title=self.title, heading=heading, purpose=purpose,
                                              questions=questions, passages=passages, word_budget=budget)
         except LLMError as exc:
+            metrics.MODEL_CALLS.labels("error").inc()
             if exc.unavailable:
                 self.down = f"the model failed earlier in this report ({exc})"
-            self.fallbacks.append({"section": heading, "reason": f"{exc}; fell back to the sources' sentences"})
+            self._fall_back(heading, f"{exc}; fell back to the sources' sentences")
             return extractive
+        metrics.MODEL_CALLS.labels("ok").inc()
         self.used += 1
         return text
+
+    def _fall_back(self, heading: str, reason: str) -> None:
+        metrics.MODEL_FALLBACKS.inc()
+        self.fallbacks.append({"section": heading, "reason": reason})
 
     def record(self) -> dict:
         if self.client is None:

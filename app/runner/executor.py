@@ -16,6 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
+from app import metrics
 from app.models import utcnow
 from app.pipeline import Agent, Context, StepOutput
 from app.runner.reads import Reads
@@ -112,6 +113,7 @@ class Runner:
         self._idle = threading.Condition()
         self._stopping = threading.Event()
         self._wake = threading.Event()
+        self._last_turn = time.monotonic()
         self._loop_thread = threading.Thread(target=self._loop, name="report-runner-loop", daemon=True)
         # PostgreSQL tells every runner at once when work arrives; SQLite's runners share one machine and poll.
         self._listener = (WorkListener(store.engine, WAKE_CHANNEL, self.wake, self._stopping)
@@ -164,10 +166,23 @@ class Runner:
         with self.store.pinned_connection():
             self._loop_turns()
 
+    def problem(self) -> Optional[str]:
+        """Why this runner cannot take work now (for GET /readyz), or None when it can."""
+        if self._stopping.is_set():
+            return "stopping: it takes no new sessions"
+        if not self._loop_thread.is_alive():
+            return "its loop thread is not running"
+        # A loop turn renews the leases: one that has not come round for a lease's length means this
+        # process's sessions are being taken over by others (a stall, or a database that does not answer).
+        stalled = time.monotonic() - self._last_turn
+        if stalled > self.store.lease_seconds:
+            return f"its loop has not turned for {stalled:.0f} s (leases last {self.store.lease_seconds:g} s)"
+        return None
+
     def _loop_turns(self) -> None:
         next_heartbeat = next_recovery = 0.0
         while not self._stopping.is_set():
-            now = time.monotonic()
+            now = self._last_turn = time.monotonic()
             if now >= next_heartbeat:
                 self._safely(self.store.heartbeat, self.owner)
                 next_heartbeat = now + self.store.lease_seconds / 3
@@ -276,8 +291,11 @@ class Runner:
 
     def _run_steps(self, claim: Claim) -> None:
         sid = claim.session_id
+        metrics.SESSIONS_CLAIMED.inc()
         if claim.resumed:
-            log.info("resuming session %s after %s", sid, sorted(claim.outputs) or "no finished steps")
+            metrics.SESSIONS_RESUMED.inc()
+            log.info("session %s: resuming after %s", sid, sorted(claim.outputs) or "no finished steps",
+                     extra={"session_id": sid, "event": "resumed", "finished_steps": sorted(claim.outputs)})
         context = Context(sid, claim.user_request, claim.requirements, dict(claim.outputs), self.settings,
                           progress=self._progress_reporter(claim), artifact=self._artifact_loader(sid))
         for agent in self.agents:
@@ -286,19 +304,41 @@ class Runner:
             if self._stopping.is_set():
                 self.store.release(self.owner, sid)
                 return
-            started_at = utcnow()
-            try:
-                result = agent.run(context)
-                step = result if isinstance(result, StepOutput) else StepOutput(result)
-                json.dumps([step.output, step.status])  # stored as JSON: refuse what cannot be, here
-            except Exception as exc:
-                log.exception("session %s: step %s failed", sid, agent.name)
-                self.store.fail(claim, agent.name, f"Step '{agent.name}' failed: {type(exc).__name__}: {exc}")
+            if not self._run_step(claim, agent, context):
                 return
-            outcome = self.store.commit_step(claim, agent.name, step.output, started_at,
-                                             artifacts=step.artifacts, status_fields=step.status)
-            if outcome is not StepResult.CONTINUE:
-                if outcome is StepResult.LOST:
-                    log.warning("session %s: lease lost after step %s; stopping here", sid, agent.name)
-                return
-            context.outputs[agent.name] = step.output
+
+    def _run_step(self, claim: Claim, agent: Agent, context: Context) -> bool:
+        """Run one step and record it; False when the session goes no further here (failed, lost, finished)."""
+        sid, step_name = claim.session_id, agent.name
+        fields = {"session_id": sid, "step": step_name}
+        log.debug("session %s: step %s started", sid, step_name, extra=fields | {"event": "step_started"})
+        metrics.STEPS_STARTED.labels(step_name).inc()
+        started_at, clock = utcnow(), time.monotonic()
+        try:
+            result = agent.run(context)
+            step = result if isinstance(result, StepOutput) else StepOutput(result)
+            json.dumps([step.output, step.status])  # stored as JSON: refuse what cannot be, here
+        except Exception as exc:
+            seconds = time.monotonic() - clock
+            metrics.STEPS_FAILED.labels(step_name).inc()
+            metrics.STEP_SECONDS.labels(step_name).observe(seconds)
+            log.exception("session %s: step %s failed after %.2f s", sid, step_name, seconds,
+                          extra=fields | {"event": "step_failed", "seconds": round(seconds, 3)})
+            if not self.store.fail(claim, step_name, f"Step '{step_name}' failed: {type(exc).__name__}: {exc}"):
+                metrics.LEASE_LOSSES.inc()
+            return False
+        seconds = time.monotonic() - clock
+        metrics.STEP_SECONDS.labels(step_name).observe(seconds)
+        outcome = self.store.commit_step(claim, step_name, step.output, started_at,
+                                         artifacts=step.artifacts, status_fields=step.status)
+        if outcome is StepResult.LOST:
+            metrics.LEASE_LOSSES.inc()
+            log.warning("session %s: step %s finished after %.2f s but this process no longer holds the lease; "
+                        "not recorded, stopping here", sid, step_name, seconds,
+                        extra=fields | {"event": "lease_lost", "seconds": round(seconds, 3)})
+            return False
+        metrics.STEPS_FINISHED.labels(step_name).inc()
+        log.info("session %s: step %s finished in %.2f s", sid, step_name, seconds,
+                 extra=fields | {"event": "step_finished", "seconds": round(seconds, 3)})
+        context.outputs[step_name] = step.output
+        return outcome is StepResult.CONTINUE

@@ -46,6 +46,8 @@ def _page(by_status: bool, after: bool, by_owner: bool):
 
 # From session_counts, kept by the store in the transaction of every change: nothing counts rows.
 _ALL_COUNTS = select(C.c.status, func.sum(C.c.sessions).label("sessions")).group_by(C.c.status)
+# Walks ix_sessions_status_updated to its first queued entry.
+_OLDEST_QUEUED = select(func.min(S.c.updated_at)).where(S.c.status == "queued")
 _OWNER_COUNTS = select(C.c.status, C.c.sessions).where(C.c.owner == bindparam("owner"))
 
 
@@ -119,6 +121,14 @@ class Reads:
         else:
             found = dict(self._owner_counts.read(self.engine, {"owner": owner}))
         return {status: int(found.get(status) or 0) for status in STATUSES}
+
+    def oldest_queued_at(self) -> Optional[datetime]:
+        """When the session that has waited longest to start was queued (submitted or retried); None if none waits.
+
+        A queued session changes no more until it starts, so its updated_at is when it was queued.
+        """
+        with self.engine.connect() as conn:
+            return conn.execute(_OLDEST_QUEUED).scalar()
 
     def session(self, session_id: str, scope: Optional[str] = None) -> Optional[SessionOverview]:
         query = select(S.c.id, S.c.status, S.c.topic, S.c.owner, S.c.current_agent).where(S.c.id == session_id)

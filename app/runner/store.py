@@ -36,6 +36,7 @@ from typing import Any, Iterator, Optional
 from sqlalchemy import bindparam, delete, exists, func, insert, literal_column, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 
+from app import metrics
 from app.database import WRITE, database_now, insert_or_ignore, is_transient, upsert, write_transaction
 from app.models import (ACTIVE, FINISHED, NO_OWNER, Artifact, QueueTurn, ReportSession, SessionCount, Step,
                         iso, utcnow)
@@ -162,6 +163,24 @@ class QuotaExceeded(Exception):
         self.retry_after = retry_after
 
 
+def log_transition(old_status: Optional[str], row: dict[str, Any]) -> None:
+    """One log line per committed status change of a session, with the fields a log collector filters on."""
+    sid, status = row["id"], row["status"]
+    if old_status is None:
+        detail = f"queued (submitted by {row['owner'] or 'anyone'})"
+    else:
+        detail = f"{old_status} -> {status}"
+        if status == "generating":
+            detail += f" (step {row['current_agent']}, attempt {row['attempts'] + 1})"
+        elif status == "failed" and row.get("error"):
+            detail += f": {row['error']}"
+    if status in FINISHED:
+        metrics.SESSIONS_FINISHED.labels(status).inc()
+    log.info("session %s: %s", sid, detail,
+             extra={"session_id": sid, "event": "transition", "from_status": old_status, "to_status": status,
+                    "owner": row.get("owner") or None})
+
+
 @dataclass
 class Claim:
     """A lease on one session, as claim() took it; commit_step, progress and fail write through it."""
@@ -200,6 +219,7 @@ class Store:
         self.max_queued = max_queued
         self._postgresql = dialect.name == "postgresql"
         self._pinned = threading.local()
+        self._changed = threading.local()  # this thread's transaction's status changes, for the log
         self._found_work = False  # the last claim took a session: look no more before the next
 
     # -- connections -----------------------------------------------------------------------
@@ -223,7 +243,12 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction (BEGIN IMMEDIATE on SQLite), on this thread's pinned connection if any."""
+        """A write transaction (BEGIN IMMEDIATE on SQLite), on this thread's pinned connection if any.
+
+        The status changes it made are logged once it has committed: a rolled-back or retried
+        transaction logs nothing.
+        """
+        changes = self._changed.list = []
         conn = getattr(self._pinned, "conn", None)
         if conn is None:
             with write_transaction(self.engine) as conn:
@@ -231,6 +256,12 @@ class Store:
         else:
             with conn.begin():
                 yield conn
+        for old_status, row in changes:
+            log_transition(old_status, row)
+
+    def _note(self, old_status: Optional[str], row) -> None:
+        """Remember a status change of this transaction (to `row`'s status), to log it after the commit."""
+        self._changed.list.append((old_status, dict(row)))
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -281,6 +312,7 @@ class Store:
         changed = self._change_row(tuple(sorted(values))).rowcount(conn, params) == 1
         if changed and merged["status"] != row["status"]:
             self._count(conn, {(row["owner"], row["status"]): -1, (row["owner"], merged["status"]): 1})
+            self._note(row["status"], merged)
         return changed
 
     def _change_row(self, columns: tuple[str, ...]) -> CompiledStatement:
@@ -355,6 +387,7 @@ class Store:
             conn.execute(insert(S).values(status_document=self.render(row, []), **row))
             self._count(conn, {(owner, "queued"): 1})
             self._announce_work(conn)
+            self._note(None, row)
         return session_id
 
     @retried
@@ -409,6 +442,7 @@ class Store:
             gone = conn.execute(stmt.returning(S.c.owner, S.c.status)).first()
             if gone is not None:
                 self._count(conn, {(gone.owner, gone.status): -1})
+                self._note(gone.status, {"id": session_id, "status": "deleted", "owner": gone.owner})
             return gone is not None
 
     # -- runner: claim, commit, heartbeat, release --------------------------------------------
