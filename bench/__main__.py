@@ -18,7 +18,7 @@ from bench.common import ROOT, Result, cpu_count
 # In the order the table shows them; each is bench/<name>.py.
 # The pg_* ones run on a throwaway PostgreSQL cluster the run starts (bench/postgres.py) and stops at exit.
 BENCHMARKS = ["status_poll", "step_commit", "claim", "json_store", "executor", "peer_dbos", "listing", "cleanup",
-              "recovery", "memory", "report", "pg_step_commit", "pg_executor", "pg_peer_dbos"]
+              "backup", "recovery", "memory", "report", "pg_step_commit", "pg_executor", "pg_peer_dbos"]
 
 
 def main() -> int:
