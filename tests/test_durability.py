@@ -1,4 +1,5 @@
-"""Durability with real servers: kill -9, clean restarts, SIGTERM hand-over, two servers, the recovery cap.
+"""Durability with real servers: kill -9, clean restarts, SIGTERM hand-over, two servers, the recovery cap,
+a process frozen past its lease.
 
 Each test runs `gunicorn wsgi:app` (tests/servers.py) on a fresh database of its own, with the
 test agents of tests/agents.py, which log every execution as `session step pid time` so a test
@@ -7,11 +8,12 @@ was recorded at a given moment. Waits have generous timeouts: they are upper bou
 broken run from hanging, never speed checks (except where a test says so, against a 600 s lease).
 """
 import collections
+import os
 import signal
 import time
 
 import pytest
-from servers import Server, migrate, server_env, status, status_response, submit, wait_until
+from servers import Server, migrate, request, server_env, status, status_response, submit, wait_until
 
 
 PIPELINE = ["agents:First", "agents:Second", "agents:Third"]
@@ -272,3 +274,40 @@ def test_step_that_kills_its_worker_every_time_fails_the_session_after_max_attem
     assert [step for _, step, _, _ in runs].count("first") == 1
     assert server.running, server.log_tail()
     assert server.log_text().count("was sent SIGKILL") == 3, server.log_tail()
+
+
+# -- f. a process frozen past its lease -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_process_frozen_past_its_lease_records_nothing_when_it_wakes(db, tmp_path, servers):
+    # given: servers of one worker running one session at a time, a 2 s lease, and 2 s steps
+    env = deploy(db, tmp_path, PIPELINE, delay=2.0,
+                 extra={"REPORTS_LEASE_SECONDS": "2", "REPORTS_RUNNER_THREADS": "1"})
+    log = tmp_path / "agents.log"
+    a = servers(env, 1, "a")
+    sid = submit(a.url, "Frozen past its lease")
+    first = wait_until(lambda: next((run for run in agent_runs(log) if run[0] == sid), None), 30,
+                       "the first step started")
+    frozen = first[2]
+
+    # when: the worker is frozen mid-step (SIGSTOP, as a paused VM) until another server has taken the
+    # session over and started the step again, then woken
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        b = servers(env, 1, "b")
+        wait_until(lambda: any(run[0] == sid and run[2] != frozen for run in agent_runs(log)), 60,
+                   "another server took the session over")
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    doc = wait_finished(b.url, [sid], 60)[sid]
+
+    # then: the woken worker finished its step but recorded nothing, and said so; the session went on
+    # with the other server's run of that step, and every step is recorded once, in order
+    wait_until(lambda: "no longer holds the lease" in a.log_text(), 30, "the woken worker reports the lost lease")
+    lost = [line for line in a.log_text().splitlines() if "no longer holds the lease" in line]
+    assert len(lost) == 1 and f"session {sid}: step first finished" in lost[0] and f"[{frozen}]" in lost[0]
+    assert doc["status"] == "completed" and doc["completed_tasks"] == NAMES
+    assert steps_by_session(db)[sid] == [("first", 0), ("second", 1), ("third", 2)]
+    runs = collections.Counter(step for session_id, step, _, _ in agent_runs(log) if session_id == sid)
+    assert runs == {"first": 2, "second": 1, "third": 1}
+    assert "reports_lease_losses_total 1.0" in request("GET", a.url + "/metrics").body.decode()
