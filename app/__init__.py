@@ -175,16 +175,14 @@ def register_fast_paths(app: Flask) -> None:
 
 def register_operations(app: Flask) -> None:
     """GET /healthz, /readyz and /metrics for load balancers and Prometheus, before Flask (app/operations.py)."""
-    from app.extensions import db
     from app.operations import OperationsEndpoints, Readiness
     from app.startup import migration_heads
 
-    with app.app_context():
-        engine = db.engine
-    readiness = Readiness(engine, migration_heads(app), app.config["RUNNER_THREADS"],
+    reads = app.extensions["report_reads"]
+    readiness = Readiness(reads.engine, lambda: migration_heads(app), app.config["RUNNER_THREADS"],
                           lambda: app.extensions.get("report_runner"))
     app.extensions["report_readiness"] = readiness
-    app.wsgi_app = OperationsEndpoints(app.wsgi_app, readiness, app.extensions["report_reads"])
+    app.wsgi_app = OperationsEndpoints(app.wsgi_app, readiness, reads)
 
 
 def register_middleware(app: Flask) -> None:

@@ -7,6 +7,7 @@ its work (the database answers and is at the newest migration, and this process'
 it should have one, is turning); /metrics gives the counters of app/metrics.py and, read from the
 database at each scrape, the sessions by status and the queue.
 """
+import functools
 import json
 import logging
 import os
@@ -20,11 +21,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from app.models import STATUSES
 from app.runner.reads import Reads
+from app.startup import current_revisions
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 class Readiness:
     """Whether this process can do its work now: the checks behind GET /readyz, one database query each time."""
 
-    def __init__(self, engine: Engine, heads: set[str], runner_threads: int, runner: Callable[[], object]):
+    def __init__(self, engine: Engine, heads: Callable[[], set[str]], runner_threads: int,
+                 runner: Callable[[], object]):
         self.engine = engine
-        self.heads = heads
+        # The newest revision(s) in migrations/, read on the first probe: most processes are never probed.
+        self.heads = functools.cache(heads)
         self.runner_threads = runner_threads
         self.runner = runner  # this process's Runner, once started (None before, or with no threads)
         self._was_ready: Optional[bool] = None
@@ -46,15 +49,15 @@ class Readiness:
         checks, cause = {"database": "ok"}, None
         try:
             with self.engine.connect() as conn:
-                revisions = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+                revisions = current_revisions(conn)
         except Exception as exc:
             cause = getattr(exc, "orig", None) or exc
             # The reason's class only: the message can name the database's host, and anyone may ask.
             checks["database"] = f"does not answer ({type(cause).__name__}; see this process's log)"
             checks["migrations"] = "unknown"
         else:
-            latest = ", ".join(sorted(self.heads))
-            checks["migrations"] = (f"ok: at {latest}, the latest" if revisions == self.heads else
+            latest = ", ".join(sorted(self.heads()))
+            checks["migrations"] = (f"ok: at {latest}, the latest" if revisions == self.heads() else
                                     f"at {', '.join(sorted(revisions)) or 'none'}, not {latest}: "
                                     "run `flask --app wsgi db upgrade`")
         checks["runner"] = self._runner_finding()
@@ -182,11 +185,17 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve_operations(wsgi_app, bind: str) -> threading.Thread:
-    """Serve `wsgi_app` (the operators' paths only, for a `flask worker`) at "host:port" from a daemon thread."""
-    host, _, port = bind.rpartition(":")
-    server = make_server(host.strip("[]") or "0.0.0.0", int(port), wsgi_app, server_class=_Server,
-                         handler_class=_QuietHandler)
+def parse_bind(value: str) -> tuple[str, int]:
+    """"host:port" ("[::1]:9100", ":9100" for every address) as (host, port); ValueError if it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve_operations(wsgi_app, host: str, port: int) -> threading.Thread:
+    """Serve `wsgi_app` (the operators' paths only, for a `flask worker`) at host:port from a daemon thread."""
+    server = make_server(host, port, wsgi_app, server_class=_Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="operations-http", daemon=True)
     thread.start()
     log.info("serving /healthz, /readyz and /metrics at http://%s:%d", *server.server_address[:2])

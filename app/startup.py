@@ -7,6 +7,7 @@ import secrets
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.database import describe
@@ -26,7 +27,7 @@ def check_ready(app: Flask) -> str:
         url = db.engine.url.render_as_string(hide_password=True)
         try:
             with db.engine.connect() as conn:
-                current = set(MigrationContext.configure(conn).get_current_heads())
+                current = current_revisions(conn)
             summary = describe(db.engine)
         except SQLAlchemyError as exc:
             raise ConfigError(f"cannot open the database {url}: {getattr(exc, 'orig', None) or exc}") from None
@@ -35,6 +36,11 @@ def check_ready(app: Flask) -> str:
         raise ConfigError(f"the database {url} {state}: run `flask --app wsgi db upgrade` (make run does this)")
     log.info(summary)
     return summary
+
+
+def current_revisions(conn: Connection) -> set[str]:
+    """The revision(s) the database is at (none: not migrated), as Alembic records them."""
+    return set(MigrationContext.configure(conn).get_current_heads())
 
 
 def migration_heads(app: Flask) -> set[str]:

@@ -13,7 +13,7 @@ import time
 import click
 from flask import current_app
 
-from app.operations import OperationsEndpoints, not_found, serve_operations
+from app.operations import OperationsEndpoints, not_found, parse_bind, serve_operations
 from app.runner import start_runner
 from app.security import ResponseGuard
 from app.startup import ConfigError
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @click.command("worker")
-@click.option("--operations-bind", metavar="HOST:PORT",
+@click.option("--operations-bind", metavar="HOST:PORT", callback=lambda _ctx, _param, value: _bind(value),
               help="Also serve GET /healthz, /readyz and /metrics (nothing else) here, for probes and Prometheus.")
 def worker_command(operations_bind):
     """Run report sessions (REPORTS_RUNNER_THREADS at a time) until SIGTERM or Ctrl-C; serve no API."""
@@ -30,8 +30,6 @@ def worker_command(operations_bind):
     if app.config["RUNNER_THREADS"] < 1:
         raise click.ClickException("REPORTS_RUNNER_THREADS is 0, so this worker would run nothing: set it to the "
                                    "number of sessions the worker may run at once")
-    if operations_bind is not None and not _is_bind(operations_bind):
-        raise click.BadParameter(f"{operations_bind!r} is not HOST:PORT", param_hint="--operations-bind")
     signals = []
 
     def request_stop(signum, _frame):
@@ -52,10 +50,10 @@ def worker_command(operations_bind):
         endpoints = ResponseGuard(OperationsEndpoints(not_found, app.extensions["report_readiness"],
                                                       app.extensions["report_reads"]), None)
         try:
-            serve_operations(endpoints, operations_bind)
+            serve_operations(endpoints, *operations_bind)
         except OSError as exc:
             runner.stop()
-            raise click.ClickException(f"cannot serve at {operations_bind}: {exc}") from None
+            raise click.ClickException(f"cannot serve at {operations_bind[0]}:{operations_bind[1]}: {exc}") from None
     while not signals:
         time.sleep(0.2)
     log.info("worker %d: %s received; finishing running steps", os.getpid(), signal.Signals(signals[0]).name)
@@ -64,6 +62,9 @@ def worker_command(operations_bind):
         os._exit(1)
 
 
-def _is_bind(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 < int(port) < 65536
+def _bind(value):
+    """--operations-bind as (host, port), or click's usage error naming the option."""
+    try:
+        return parse_bind(value) if value is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--operations-bind") from None

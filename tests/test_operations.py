@@ -203,6 +203,18 @@ def test_readyz_names_a_database_behind_the_latest_migration(idle_app, database)
     assert readyz(client)[0] == 200
 
 
+def test_readyz_says_a_database_that_answers_but_was_never_migrated_is_not_migrated(empty_database):
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": empty_database.url, "RUNNER_THREADS": 0})
+    try:
+        status, body = readyz(app.test_client())
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+    assert status == 503 and body["checks"]["database"] == "ok"
+    assert body["detail"].startswith("migrations: at none, not ") and "db upgrade" in body["detail"]
+
+
 def test_readyz_fails_while_the_database_is_gone_without_saying_where_it_is(idle_app, database, tmp_path):
     client = idle_app.test_client()
     assert readyz(client)[0] == 200

@@ -164,7 +164,8 @@ class QuotaExceeded(Exception):
 
 
 def log_transition(old_status: Optional[str], row: dict[str, Any]) -> None:
-    """One log line per committed status change of a session, with the fields a log collector filters on."""
+    """One log line per committed status change of a session, with the fields a log collector filters on;
+    and a count of the sessions that reached an end (reports_sessions_finished_total)."""
     sid, status = row["id"], row["status"]
     if old_status is None:
         detail = f"queued (submitted by {row['owner'] or 'anyone'})"
