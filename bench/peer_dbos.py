@@ -38,7 +38,8 @@ SHIPPED_MAX = 200       # as shipped, every commit waits for fsync: fewer workfl
 THREADS = 4
 GOAL = 1.5
 
-# The workflow both DBOS drivers run (this one on SQLite, pg_peer_dbos's on PostgreSQL), after DBOS(config=...).
+# The workflow both DBOS drivers run (this one on SQLite, pg_peer_dbos's on PostgreSQL), after DBOS(config=...),
+# and how they run a batch of them on threads (the driver imports threading).
 NOOP_WORKFLOW = r'''
 def _step(n):
     @DBOS.step(name=f"n{n}")
@@ -53,6 +54,33 @@ def noop_workflow(user_request, requirements):
     for step in STEPS:
         step()
     return None
+
+REQUIREMENTS = {"topic": "bench", "page_count": 2, "source_count": 2, "complexity": "simple"}
+
+def run_workflows(count, threads):
+    """Run `count` workflows on `threads` threads; the first errors (a thread stops at its first)."""
+    remaining = iter(range(count))
+    lock = threading.Lock()
+    errors = []
+
+    def worker():
+        while True:
+            with lock:
+                i = next(remaining, None)
+            if i is None:
+                return
+            try:
+                noop_workflow("bench", REQUIREMENTS)
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return errors[:3]
 
 DBOS.launch()
 '''
@@ -87,32 +115,11 @@ DBOS(config=config)
 except Exception as exc:  # private API: report, do not fail the run
     pragmas = {"unverified": repr(exc)}
 
-requirements = {"topic": "bench", "page_count": 2, "source_count": 2, "complexity": "simple"}
 for _ in range(4):  # warm-up
-    noop_workflow("bench", requirements)
-
-remaining = iter(range(workflows))
-lock = threading.Lock()
-errors = []
-
-def worker():
-    while True:
-        with lock:
-            i = next(remaining, None)
-        if i is None:
-            return
-        try:
-            noop_workflow("bench", requirements)
-        except Exception as exc:
-            errors.append(repr(exc))
-            return
+    noop_workflow("bench", REQUIREMENTS)
 
 started = time.perf_counter()
-pool = [threading.Thread(target=worker) for _ in range(threads)]
-for t in pool:
-    t.start()
-for t in pool:
-    t.join()
+errors = run_workflows(workflows, threads)
 elapsed = time.perf_counter() - started
 
 with engine.connect() as conn:
@@ -120,7 +127,7 @@ with engine.connect() as conn:
     outputs = conn.exec_driver_sql("SELECT count(*) FROM operation_outputs").scalar()
 DBOS.destroy()
 print(json.dumps({"elapsed": elapsed, "workflows": workflows, "steps": workflows * len(STEPS), "done": done,
-                  "outputs": outputs, "pragmas": pragmas, "errors": errors[:3]}))
+                  "outputs": outputs, "pragmas": pragmas, "errors": errors}))
 '''
 
 

@@ -66,36 +66,14 @@ DBOS(config=config)
 except Exception as exc:  # private API: report, do not fail the run
     settings = {"unverified": repr(exc)}
 
-requirements = {"topic": "bench", "page_count": 2, "source_count": 2, "complexity": "simple"}
 for _ in range(args["warm_up"]):
-    noop_workflow("bench", requirements)
+    noop_workflow("bench", REQUIREMENTS)
 print("ready " + json.dumps(settings), flush=True)
 
 for line in sys.stdin:
     if line.strip() == "stop":
         break
-    remaining = iter(range(int(line)))
-    lock = threading.Lock()
-    errors = []
-
-    def worker():
-        while True:
-            with lock:
-                i = next(remaining, None)
-            if i is None:
-                return
-            try:
-                noop_workflow("bench", requirements)
-            except Exception as exc:
-                errors.append(repr(exc))
-                return
-
-    pool = [threading.Thread(target=worker) for _ in range(args["threads"])]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    print("done " + json.dumps({"errors": errors[:3]}), flush=True)
+    print("done " + json.dumps({"errors": run_workflows(int(line), args["threads"])}), flush=True)
 DBOS.destroy()
 '''
 
